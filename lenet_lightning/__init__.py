@@ -1,0 +1,1 @@
+"""LeNet on MNIST and Fashion-MNIST with PyTorch Lightning, configured by Hydra."""

@@ -1,0 +1,193 @@
+"""One DataModule for MNIST and Fashion-MNIST: IDX files -> one uint8 tensor per split -> batches.
+
+Batches are sliced from in-memory tensors with a shuffled permutation instead of a per-image
+``DataLoader``: decoding 60,000 images one by one through PIL costs more than training LeNet on them.
+"""
+
+import math
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchvision.datasets import MNIST, FashionMNIST
+
+from lenet_lightning.errors import UserError
+
+DATASETS: dict[str, type[MNIST]] = {"mnist": MNIST, "fashion": FashionMNIST}
+DOWNLOAD_TIMEOUT_S = 10
+
+
+class DataUnavailableError(UserError):
+    """The data set files are not on disk and could not be downloaded."""
+
+
+class TensorBatches:
+    """Iterate over (images, labels) batches of in-memory tensors, as Lightning's loops expect.
+
+    uint8 images are scaled to float32 in [0, 1] one batch at a time, on whatever device they live on.
+    With ``generator`` set, each pass draws a new permutation from it (so the order changes every epoch
+    and resumes exactly when the generator state is restored). ``rank``/``world_size`` give each process
+    of a distributed run its own disjoint, equally long share of every epoch.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size = batch_size
+        self.generator = generator
+        self.rank, self.world_size = rank, world_size
+
+    def _shard_size(self) -> int:
+        return math.ceil(len(self.labels) / self.world_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self._shard_size() / self.batch_size)
+
+    def indices(self) -> Tensor:
+        """This pass's example indices for this rank (drawing a fresh permutation when shuffling)."""
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.generator is not None else torch.arange(n)
+        if self.world_size > 1:
+            # Pad by wrapping around so every rank gets the same number of batches, like DistributedSampler.
+            total = self._shard_size() * self.world_size
+            order = torch.cat([order, order[: total - n]])[self.rank :: self.world_size]
+        return order.to(self.images.device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.indices()
+        for batch in order.split(self.batch_size):
+            yield self.images[batch].unsqueeze(1).float().div_(255), self.labels[batch]
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """Serves the official 60k/10k splits of MNIST or Fashion-MNIST, with an optional validation split.
+
+    The validation split (``val_size`` examples held out of the training set, 0 by default as in the
+    recipe) and the test set are both evaluated after every training epoch.
+    """
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        data_dir: str = "data",
+        batch_size: int = 256,
+        eval_batch_size: int = 1000,
+        val_size: int = 0,
+        seed: int = 0,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        if name not in DATASETS:
+            raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
+        self.name = name
+        self.data_dir = Path(data_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.seed = seed
+        self.download = download
+        self.shuffle_generator = torch.Generator().manual_seed(seed)
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def dataset_class(self) -> type[MNIST]:
+        return DATASETS[self.name]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.dataset_class.classes)
+
+    @property
+    def raw_folder(self) -> Path:
+        return self.data_dir / self.dataset_class.__name__ / "raw"
+
+    def expected_files(self) -> list[Path]:
+        return [self.raw_folder / Path(name).stem for name, _ in self.dataset_class.resources]
+
+    def missing_files(self) -> list[Path]:
+        return [path for path in self.expected_files() if not path.is_file()]
+
+    def prepare_data(self) -> None:
+        """Make sure the four IDX files are on disk, downloading them (md5-checked) when allowed."""
+        if not self.missing_files():
+            return
+        if self.download:
+            previous_timeout = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # never hang on a dead network
+            try:
+                self.dataset_class(str(self.data_dir), train=True, download=True)
+            except (RuntimeError, OSError):
+                pass  # reported below with the files still missing and how to fix it
+            finally:
+                socket.setdefaulttimeout(previous_timeout)
+        missing = self.missing_files()
+        if missing:
+            names = ", ".join(path.name for path in self.expected_files())
+            how = "could not be downloaded" if self.download else "are missing (download=false)"
+            raise DataUnavailableError(
+                f"{self.dataset_class.__name__} files {how}: expected {names} in {self.raw_folder}; "
+                "copy them there or point LENET_DATA_DIR at a folder that holds "
+                f"{self.dataset_class.__name__}/raw/"
+            )
+
+    def _load_split(self, train: bool) -> tuple[Tensor, Tensor]:
+        dataset = self.dataset_class(str(self.data_dir), train=train, download=False)
+        return dataset.data, dataset.targets
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        train_images, train_labels = self._load_split(train=True)
+        test_images, test_labels = self._load_split(train=False)
+        device = self._device()
+        if self.val_size:
+            # A fixed split (its own seed, independent of the shuffling) so every run validates on the same images.
+            order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.seed))
+            val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+            self.splits["val"] = (train_images[val_idx].to(device), train_labels[val_idx].to(device))
+            train_images, train_labels = train_images[train_idx], train_labels[train_idx]
+        self.splits["train"] = (train_images.to(device), train_labels.to(device))
+        self.splits["test"] = (test_images.to(device), test_labels.to(device))
+
+    def _device(self) -> torch.device:
+        """Where batches are built: on the GPU when training there, so no step copies data from the host."""
+        trainer = self.trainer
+        if trainer is not None and trainer.strategy.root_device.type == "cuda":
+            return trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _batches(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
+        images, labels = self.splits[split]
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        generator = self.shuffle_generator if shuffle else None
+        return TensorBatches(images, labels, batch_size, generator, rank=rank, world_size=world_size)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> list[TensorBatches]:
+        """The official test set first, then the validation split when there is one."""
+        splits = ["test", "val"] if "val" in self.splits else ["test"]
+        return [self._batches(split, self.eval_batch_size, shuffle=False) for split in splits]
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches("test", self.eval_batch_size, shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The shuffling generator's state, so a resumed run draws the same permutations as an unbroken one."""
+        return {"shuffle_generator": self.shuffle_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.shuffle_generator.set_state(state_dict["shuffle_generator"])

@@ -1,0 +1,86 @@
+"""The LightningModule: cross-entropy on LeNet's logits, SGD, and the per-epoch metrics of the recipe."""
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lenet_lightning.model import LeNet
+
+
+class LeNetClassifier(L.LightningModule):
+    """Trains a :class:`LeNet` and logs ``train/loss``, ``train/acc`` and ``test/acc`` once per epoch.
+
+    Every argument is a plain dict or number, so checkpoints carry their own architecture and load with
+    ``weights_only=True``. Metrics are logged against the epoch number (1..N) instead of the optimizer
+    step, so the curves line up with the recipe's plot.
+    """
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        optimizer: dict[str, Any],
+        num_classes: int = 10,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = LeNet(**net, num_classes=num_classes)
+        # Argument validation and NaN checks in the metrics cost a host sync per step; the inputs here
+        # are our own logits and labels, so both are off.
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_loss = MeanMetric(nan_strategy="disable")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        logits = self.net(images)
+        loss = F.cross_entropy(logits, labels)
+        # Weighted by batch size: the epoch's loss is the mean over examples, as the recipe defines it.
+        self.train_loss.update(loss.detach(), weight=labels.numel())
+        self.train_acc.update(logits.detach(), labels)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_loss)
+        self.log("train/acc", self.train_acc)
+        self.log("step", float(self.current_epoch + 1))
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Loader 0 is the official test set; loader 1, when present, the validation split."""
+        images, labels = batch
+        logits = self.net(images)
+        if dataloader_idx == 0:
+            self.test_loss.update(F.cross_entropy(logits, labels), weight=labels.numel())
+            self.test_acc.update(logits, labels)
+        else:
+            self.val_acc.update(logits, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_acc.update_count:
+            self.log("val/acc", self.val_acc, add_dataloader_idx=False)
+        self.log("test/loss", self.test_loss, add_dataloader_idx=False)
+        self.log("test/acc", self.test_acc, add_dataloader_idx=False)
+        self.log("step", float(self.current_epoch + 1), add_dataloader_idx=False)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self.net(images)
+        self.test_loss.update(F.cross_entropy(logits, labels), weight=labels.numel())
+        self.test_acc.update(logits, labels)
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/loss", self.test_loss)
+        self.log("test/acc", self.test_acc)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), **self.hparams.optimizer)

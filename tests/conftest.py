@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny IDX data sets on disk, Hydra composition of the real configs, and the real CLI."""
+
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "conf"
+TINY_TRAIN, TINY_TEST = 512, 128
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array in the IDX format torchvision reads (big-endian header, one dim per int)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def make_tiny_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 28x28 images: each class lights up its own band of rows, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
+    return images, labels.astype(np.uint8)
+
+
+def write_tiny_dataset(root: Path, folder: str, n_train: int = TINY_TRAIN, n_test: int = TINY_TEST) -> Path:
+    """Write the four IDX files of one data set under ``root/folder/raw`` and return that raw folder."""
+    raw = root / folder / "raw"
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = make_tiny_split(n, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding tiny MNIST and FashionMNIST copies in torchvision's layout."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    for folder in ("MNIST", "FashionMNIST"):
+        write_tiny_dataset(root, folder)
+    return root
+
+
+@pytest.fixture
+def make_config(tiny_data_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose the real ``conf/train.yaml`` with overrides, pointed at tiny data, CPU and ``tmp_path``."""
+
+    def _compose(*overrides: str, data_dir: Path = tiny_data_dir, output_dir: Path = tmp_path / "run") -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"data_dir={data_dir}", *overrides])
+        with open_dict(cfg):
+            cfg.output_dir = str(output_dir)
+        return cfg
+
+    return _compose
+
+
+def cli_env(data_dir: Path | None) -> dict[str, str]:
+    """Environment for a CLI subprocess: this checkout's package first, offline data, no colour codes."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HYDRA_FULL_ERROR": "0"}
+    if data_dir is not None:
+        env["LENET_DATA_DIR"] = str(data_dir)
+    return env
+
+
+@pytest.fixture
+def run_cli(tiny_data_dir: Path, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``python -m <module> <args>`` in a subprocess with tiny data and outputs under ``tmp_path``."""
+
+    def _run(
+        *args: str, module: str = "lenet_lightning.train", data_dir: Path | None = tiny_data_dir, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=tmp_path,
+            env=cli_env(data_dir),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return _run
