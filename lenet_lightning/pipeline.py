@@ -26,6 +26,7 @@ HPARAM_SECTIONS = ("dataset", "model", "optimizer")
 class RunResult:
     """What a finished run reports: final metrics of the last epoch and throughput."""
 
+    status: str  # "completed"; other states ("diverged", "failed") are written by the code that detects them
     train_loss: float
     train_acc: float
     test_acc: float
@@ -97,6 +98,7 @@ def fit(cfg: DictConfig) -> RunResult:
     metrics = trainer.callback_metrics
     timer = next(callback for callback in trainer.callbacks if isinstance(callback, EpochTimer))
     return RunResult(
+        status="completed",
         train_loss=float(metrics["train/loss"]),
         train_acc=float(metrics["train/acc"]),
         test_acc=float(metrics["test/acc"]),
