@@ -15,6 +15,8 @@ from lenet_lightning.errors import UserError
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Train once and return the final test accuracy, the value Hydra sweepers optimise."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     from lenet_lightning.pipeline import fit
 
     try:
@@ -22,8 +24,9 @@ def main(cfg: DictConfig) -> float:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    result.write_json(result.output_dir / "result.json")
-    print("\n".join(result.summary_lines()))
+    if rank_zero_only.rank == 0:  # with the ddp strategy every process runs this function; one reports
+        result.write_json(result.output_dir / "result.json")
+        print("\n".join(result.summary_lines()))
     return result.test_acc
 
 
