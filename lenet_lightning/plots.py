@@ -1,0 +1,79 @@
+"""PNG charts of runs and sweeps, for people who would rather look at a picture than open TensorBoard.
+
+Figures are built with ``matplotlib.figure.Figure`` (Agg canvas, no pyplot): no global state, no display
+needed, safe to call from inside a training process.
+"""
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from lenet_lightning.run_records import RunRecord, read_curves
+
+RUN_CURVES = (("train/loss", "train loss", "-"), ("train/acc", "train acc", "--"), ("test/acc", "test acc", "-."))
+
+
+def save_run_curves(run_dir: Path, path: Path | None = None) -> Path:
+    """Train loss, train acc and test acc against epoch on one figure, like the recipe's plot."""
+    curves, _ = read_curves(run_dir)
+    figure = Figure(figsize=(5, 3.5), layout="constrained")
+    axes = figure.add_subplot()
+    for tag, label, style in RUN_CURVES:
+        points = sorted(curves.get(tag, {}).items())
+        axes.plot([epoch for epoch, _ in points], [value for _, value in points], style, label=label)
+    axes.set_xlabel("epoch")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    path = path or run_dir / "curves.png"
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def save_test_acc_curves(runs: list[RunRecord], path: Path) -> Path:
+    """The test-accuracy curve of every run of a sweep on one chart, labelled with the run's name."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    for run in runs:
+        points = sorted(run.curves.get("test/acc", {}).items())
+        if points:
+            label = run.name if run.status == "completed" else f"{run.name} ({run.status})"
+            axes.plot([epoch for epoch, _ in points], [value for _, value in points], marker=".", label=label)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("test acc")
+    axes.grid(alpha=0.3)
+    if axes.lines:
+        axes.legend(fontsize="small", loc="lower right")
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def save_test_acc_vs_lr(runs: list[RunRecord], path: Path) -> Path:
+    """Final test accuracy against lr on a log axis, one line per combination of the other swept keys.
+
+    Diverged runs are drawn as crosses at their final accuracy; failed runs have none and are left out.
+    """
+    series: dict[str, list[tuple[float, RunRecord]]] = defaultdict(list)
+    for run in runs:
+        if "lr" in run.overrides and math.isfinite(run.test_acc):
+            others = ",".join(f"{key}={value}" for key, value in run.overrides.items() if key != "lr")
+            series[others].append((float(run.overrides["lr"]), run))
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.add_subplot()
+    for label, points in sorted(series.items()):
+        points.sort(key=lambda point: point[0])
+        completed = [(lr, run.test_acc) for lr, run in points if run.status == "completed"]
+        line = axes.plot(*zip(*completed, strict=True), marker="o", label=label or None) if completed else []
+        diverged = [(lr, run.test_acc) for lr, run in points if run.status != "completed"]
+        if diverged:
+            color = line[0].get_color() if line else None
+            axes.plot(*zip(*diverged, strict=True), "x", color=color, markersize=9, label=f"{label} diverged".strip())
+    axes.set_xscale("log")
+    axes.set_xlabel("lr")
+    axes.set_ylabel("final test acc")
+    axes.grid(alpha=0.3, which="both")
+    if any(line.get_label() and not line.get_label().startswith("_") for line in axes.lines):
+        axes.legend(fontsize="small")
+    figure.savefig(path, dpi=100)
+    return path
