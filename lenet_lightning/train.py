@@ -29,13 +29,13 @@ def main(cfg: DictConfig) -> float:
     try:
         result = fit(cfg)
     except Exception as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # sys.exit here would end the whole sweep
             return record_failure(Path(cfg.output_dir), error)
         if isinstance(error, UserError):
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         raise
-    if not math.isfinite(result.train_loss):
+    if not math.isfinite(result.train_loss):  # the loss became NaN/inf: a result of the sweep, not a failure
         result.status = "diverged"
     result.write_json(result.output_dir / "result.json")
     save_run_curves(result.output_dir)
