@@ -67,7 +67,7 @@ def save_test_acc_curves(runs: list[RunRecord], path: Path) -> Path:
     axes.set_ylabel("test acc")
     axes.grid(alpha=0.3)
     if axes.lines:
-        axes.legend(fontsize="small", loc="lower right")
+        axes.legend(fontsize="small", loc="best")
     figure.savefig(path, dpi=100)
     return path
 
