@@ -88,7 +88,6 @@ def test_failed_and_diverged_runs_do_not_stop_the_sweep(run_cli, tmp_path: Path)
 
 
 def test_optuna_lr_search_lands_in_the_summary(run_cli, tmp_path: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     done = run_cli("hparams_search=lr_optuna", "hydra.sweeper.n_trials=3", *TINY_SWEEP)
     assert done.returncode == 0, done.stderr[-3000:]
     sweep_dir = sweep_dir_of(tmp_path)
