@@ -110,6 +110,8 @@ def test_two_cpu_processes_train_one_run_with_synced_metrics(run_cli, odd_data_d
         "trainer=ddp_cpu",
         "epochs=2",
         "dataset.batch_size=32",
+        "model.activation=relu",  # learns within the 16 steps, so the accuracy compared below is not chance
+        "lr=0.1",
         "+callbacks.shard_recorder._target_=tests.test_scale_out.ShardRecorder",
         f"hydra.run.dir={run}",
         data_dir=odd_data_dir,
@@ -160,6 +162,8 @@ def test_joblib_launcher_runs_a_sweep_in_parallel_processes(run_cli, tmp_path: P
     results = {path.parent.name: json.loads(path.read_text()) for path in sweep.glob("*/result.json")}
     assert sorted(results) == ["accelerator=cpu,epochs=1,lr=0.1", "accelerator=cpu,epochs=1,lr=0.3"]
     assert all(result["status"] == "completed" for result in results.values())
+    summary = (sweep / "summary.csv").read_text()  # written by the launching process once both jobs returned
+    assert all(name in summary for name in results)
     assert "Joblib" in done.stdout + done.stderr  # the plugin, not the sequential basic launcher, ran the jobs
 
 
