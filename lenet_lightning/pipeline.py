@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -103,7 +104,9 @@ def fit(cfg: DictConfig) -> RunResult:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             write_hparams_session(logger, hparams_of(cfg))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # Lightning trains a compiled LightningModule as is and saves the original module's weights.
+    model = torch.compile(module, mode=cfg.compile) if cfg.compile else module
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = trainer.callback_metrics
     timer = next(callback for callback in trainer.callbacks if isinstance(callback, EpochTimer))
     return RunResult(
