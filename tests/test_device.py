@@ -39,7 +39,7 @@ def test_gpu_run_keeps_the_data_set_on_the_gpu(make_config) -> None:
 def test_gpu_speed_knobs_train_and_save_plain_weights(make_config) -> None:
     from lenet_lightning.pipeline import fit
 
-    cfg = make_config("accelerator=gpu", "epochs=1", "compile=default", "+trainer.precision=bf16-mixed")
+    cfg = make_config("accelerator=gpu", "epochs=1", "compile=default", "trainer.precision=bf16-mixed")
     result = fit(cfg)
     checkpoint = torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(key.startswith("net.") for key in checkpoint["state_dict"])
