@@ -19,6 +19,7 @@ import json
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,7 +89,9 @@ def run_seed(data_dir: Path, dataset: str, epochs: int, seed: int) -> Measuremen
     test = dataset_class(str(data_dir), train=False, transform=to_tensor)
     train_loader = DataLoader(train, batch_size=BATCH_SIZE, shuffle=True, num_workers=4)
     test_loader = DataLoader(test, batch_size=BATCH_SIZE, shuffle=False, num_workers=4)
-    seconds, examples, test_acc = train_epochs_plain(LeNet(), lambda: train_loader, lambda: test_loader, epochs)
+    with warnings.catch_warnings():  # 4 workers on fewer cores is the recipe's setting, warned about by torch
+        warnings.filterwarnings("ignore", message="This DataLoader will create 4 worker processes")
+        seconds, examples, test_acc = train_epochs_plain(LeNet(), lambda: train_loader, lambda: test_loader, epochs)
     return Measurement("seed", examples / seconds, test_acc)
 
 

@@ -170,11 +170,9 @@ class MNISTDataModule(L.LightningDataModule):
         self.splits["test"] = (test_images.to(device), test_labels.to(device))
 
     def _device(self) -> torch.device:
-        """Where batches are built: on the GPU when training there, so no step copies data from the host."""
+        """Where the splits live and batches are built: the training device, so no step copies from the host."""
         trainer = self.trainer
-        if trainer is not None and trainer.strategy.root_device.type == "cuda":
-            return trainer.strategy.root_device
-        return torch.device("cpu")
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _batches(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
         images, labels = self.splits[split]

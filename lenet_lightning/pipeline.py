@@ -42,13 +42,22 @@ class RunResult:
         path.write_text(json.dumps({**asdict(self), "output_dir": str(self.output_dir)}, indent=2) + "\n")
 
     def summary_lines(self) -> list[str]:
+        folder = display_path(self.output_dir)
         return [
             f"loss {self.train_loss:.3f}, train acc {self.train_acc:.3f}, test acc {self.test_acc:.3f}",
             f"{self.examples_per_second:.1f} examples/sec on {self.device} "
             "(wall clock of the training epochs, per-epoch test evaluation included)",
-            f"run folder: {self.output_dir}",
-            f"view the curves: tensorboard --logdir {self.output_dir}",
+            f"run folder: {folder}",
+            f"view the curves: tensorboard --logdir {folder}",
         ]
+
+
+def display_path(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (what users type), else absolute."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def build(cfg: DictConfig) -> tuple[MNISTDataModule, LeNetClassifier, L.Trainer]:
@@ -123,7 +132,9 @@ def fit(cfg: DictConfig) -> RunResult:
     datamodule, module, trainer = build(cfg)
     refuse_reexecution_in_multirun(trainer)
     datamodule.prepare_data()  # fail on missing data before any training starts
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # Lightning trains a compiled LightningModule as is and saves the original module's weights.
+    model = torch.compile(module, mode=cfg.compile) if cfg.compile else module
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = trainer.callback_metrics
     device = trainer.strategy.root_device
     return RunResult(
