@@ -19,6 +19,7 @@ from lenet_lightning.data import DATASETS, MNISTDataModule
 from lenet_lightning.errors import UserError
 from lenet_lightning.module import LeNetClassifier
 
+TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "train.yaml"
 CHECKPOINT_HINT = "pass ckpt_path=outputs/runs/<date>/<time>/checkpoints/last.ckpt (or the run folder)"
 
 
@@ -52,10 +53,9 @@ class LoadedCheckpoint:
     def datamodule(self, data_dir: str | None = None) -> MNISTDataModule:
         """The training run's data module (same data set and test batch size), optionally on another folder."""
         if self.run_config is None:
-            kwargs: dict[str, Any] = {"name": self.dataset_name}
-            if data_dir is not None:
-                kwargs["data_dir"] = data_dir
-            return MNISTDataModule(**kwargs)
+            # Training's default folder (LENET_DATA_DIR, else data/), read from its config so the two agree.
+            default_dir = OmegaConf.load(TRAIN_CONFIG).data_dir
+            return MNISTDataModule(name=self.dataset_name, data_dir=data_dir or default_dir)
         config = self.run_config if data_dir is None else OmegaConf.merge(self.run_config, {"data_dir": data_dir})
         return instantiate(config.dataset)
 
