@@ -118,12 +118,13 @@ def to_dataset_image(image: Image.Image, style: ImageStyle, invert: bool | None 
 def resample(pixels: np.ndarray, scale: float, centre_y: float, centre_x: float, target: float) -> np.ndarray:
     """Scale the picture by ``scale`` and cut the 28 x 28 window that puts the centre at ``target``.
 
-    The window starts on a whole pixel of the scaled picture, so a picture that is already in the data
-    set's form comes back unchanged instead of blurred by a sub-pixel shift. Resizing with a source
+    Unscaled content moves by whole pixels, so a picture already in the data set's form comes back
+    unchanged instead of blurred by a sub-pixel shift; scaled content is placed exactly. Resizing with a source
     ``box`` antialiases like a plain resize and never builds the scaled picture in full.
     """
-    first_row = round(centre_y * scale - target)
-    first_col = round(centre_x * scale - target)
+    first_row, first_col = centre_y * scale - target, centre_x * scale - target
+    if scale == 1:
+        first_row, first_col = round(first_row), round(first_col)
     margin = int(np.ceil(SIZE / scale)) + 1  # black border, so the window may reach past the picture's edge
     padded = np.pad(pixels.astype(np.float32), margin)
     box = (
