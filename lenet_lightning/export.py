@@ -126,12 +126,12 @@ def export(
     tolerance: float = 1e-4,
 ) -> ExportResult:
     """Export the checkpoint's network, run the exported file on test images and compare with PyTorch."""
+    if format not in FORMATS:  # checked before importing torch, so a typo is answered at once
+        raise UserError(f"format={format} is not one of {', '.join(FORMATS)}")
     import torch
 
     from lenet_lightning.checkpoint_loading import load_checkpoint
 
-    if format not in FORMATS:
-        raise UserError(f"format={format} is not one of {', '.join(FORMATS)}")
     loaded = load_checkpoint(ckpt_path)
     net = loaded.module.net.eval()
     path = Path(output) if output else loaded.path.with_suffix(FORMATS[format])
