@@ -9,17 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
+from torchvision.utils import make_grid
 
 from lenet_lightning.data import MNISTDataModule, TensorBatches
 
 CONFUSION_TAG = "test/confusion_matrix"
 MISCLASSIFIED_TAG = "test/misclassified"
 GRID_COLUMNS = 8
+GRID_PADDING = 18  # pixels between grid images, room for their two-line labels
 
 
 @dataclass
@@ -65,22 +70,36 @@ def confusion_figure(confusion: Tensor, class_names: list[str], title: str) -> F
 
 
 def mistakes_figure(images: Tensor, indices: Tensor, predictions: TestPredictions, class_names: list[str]) -> Figure:
-    """A grid of test images with their true label and the model's (wrong) prediction and probability."""
+    """A grid of test images with their true label and the model's (wrong) prediction and probability.
+
+    One image drawn with ``make_grid`` and labelled with text: a subplot per image costs seconds to render.
+    """
     rows = max(1, math.ceil(len(indices) / GRID_COLUMNS))
-    figure = Figure(figsize=(GRID_COLUMNS * 1.6, rows * 2.0), layout="constrained")
-    figure.suptitle("Most confident mistakes on the test set")
-    for position in range(rows * GRID_COLUMNS):
-        axes = figure.add_subplot(rows, GRID_COLUMNS, position + 1)
-        axes.set_axis_off()
-        if position >= len(indices):
-            continue
-        index = int(indices[position])
-        axes.imshow(images[index].cpu().numpy(), cmap="gray", vmin=0, vmax=255)
+    cell = images.shape[-1] + GRID_PADDING
+    grid = make_grid(
+        images[indices.to(images.device)].unsqueeze(1).cpu(), nrow=GRID_COLUMNS, padding=GRID_PADDING, pad_value=48
+    )
+    figure = Figure(figsize=(GRID_COLUMNS * 1.6, rows * 1.6 + 0.4), layout="constrained")
+    axes = figure.add_subplot()
+    axes.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=255)
+    axes.set_axis_off()
+    axes.set_title("Most confident mistakes on the test set")
+    for position, index in enumerate(indices.tolist()):
         true_name = class_names[int(predictions.labels[index])]
         predicted_name = class_names[int(predictions.predicted[index])]
         confidence = float(predictions.confidence[index])
-        axes.set_title(f"true: {true_name}\npred: {predicted_name} {confidence:.2f}", fontsize=8)
+        x = (position % GRID_COLUMNS) * cell + GRID_PADDING + images.shape[-1] / 2
+        y = (position // GRID_COLUMNS) * cell + GRID_PADDING - 1
+        label = f"true: {true_name}\npred: {predicted_name} {confidence:.2f}"
+        axes.text(x, y, label, color="white", fontsize=7, ha="center", va="bottom")
     return figure
+
+
+def render(figure: Figure) -> np.ndarray:
+    """Draw a figure once into an H x W x 3 array, for both the PNG file and TensorBoard."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 class ErrorAnalysis(L.Callback):
@@ -120,10 +139,11 @@ class ErrorAnalysis(L.Callback):
         folder.mkdir(parents=True, exist_ok=True)
         self.saved = []
         for tag, figure in figures.items():
+            pixels = render(figure)
             path = folder / f"{tag.split('/')[-1]}.png"
-            figure.savefig(path, dpi=100)
+            Image.fromarray(pixels).save(path)
             self.saved.append(path)
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_figure(tag, figure, global_step=trainer.current_epoch, close=False)
+                    logger.experiment.add_image(tag, pixels, global_step=trainer.current_epoch, dataformats="HWC")
                     logger.experiment.flush()
