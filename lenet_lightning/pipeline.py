@@ -68,6 +68,7 @@ def build(cfg: DictConfig) -> tuple[MNISTDataModule, LeNetClassifier, L.Trainer]
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         num_classes=len(datamodule.classes),
         class_names=datamodule.classes,
+        compile_mode=cfg.compile,
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     callbacks.append(RunReport(hparams_of(cfg)))
@@ -132,9 +133,7 @@ def fit(cfg: DictConfig) -> RunResult:
     datamodule, module, trainer = build(cfg)
     refuse_reexecution_in_multirun(trainer)
     datamodule.prepare_data()  # fail on missing data before any training starts
-    # Lightning trains a compiled LightningModule as is and saves the original module's weights.
-    model = torch.compile(module, mode=cfg.compile) if cfg.compile else module
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = trainer.callback_metrics
     device = trainer.strategy.root_device
     return RunResult(
