@@ -76,7 +76,10 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.indices()
         for batch in order.split(self.batch_size):
-            yield self.images[batch].unsqueeze(1).float().div_(255), self.labels[batch]
+            # index_select is a plain row gather; images[batch] goes through the general advanced-indexing
+            # kernel, about 20x slower on the CPU for this shape.
+            images = self.images.index_select(0, batch)
+            yield images.unsqueeze(1).float().div_(255), self.labels.index_select(0, batch)
 
 
 class MNISTDataModule(L.LightningDataModule):
