@@ -4,6 +4,7 @@ Shared by the command line (``train.py``), the tests and the benchmark, so all t
 """
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
+from lenet_lightning.checkpointing import checkpoint_to_resume, interruption_of
+from lenet_lightning.config_check import validate_config
 from lenet_lightning.data import MNISTDataModule
+from lenet_lightning.divergence import TrainingDiverged
 from lenet_lightning.module import LeNetClassifier
+from lenet_lightning.run_folder import check_writable
 from lenet_lightning.throughput import EpochTimer
 
 REPORTED_METRICS = ("train/loss", "train/acc", "test/acc")
@@ -33,6 +38,12 @@ class RunResult:
     examples_per_second: float
     device: str
     output_dir: Path
+    message: str = ""  # why a run did not complete
+
+    @classmethod
+    def unfinished(cls, status: str, message: str, output_dir: Path) -> "RunResult":
+        """The result of a run that stopped before producing metrics ("failed", "interrupted")."""
+        return cls(status, math.nan, math.nan, math.nan, 0.0, "", output_dir, message)
 
     def write_json(self, path: Path) -> None:
         """Save the result as ``result.json`` in the run folder, where sweep summaries and tools read it."""
@@ -87,22 +98,41 @@ def write_hparams_session(logger: TensorBoardLogger, params: dict[str, Any]) -> 
 
 
 def fit(cfg: DictConfig) -> RunResult:
-    """Seed, build, train with per-epoch test evaluation, and return the final metrics."""
+    """Check, seed, build, train with per-epoch test evaluation, and return the final metrics.
+
+    Bad input raises :class:`UserError` before any data is read; a diverged run returns status
+    ``diverged``; SIGTERM or Ctrl-C raise :class:`~lenet_lightning.checkpointing.TrainingInterrupted`.
+    """
+    validate_config(cfg)
+    output_dir = Path(cfg.output_dir)
+    ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), output_dir)
+    check_writable(output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
-    datamodule.prepare_data()  # fail on missing data before any training starts
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            write_hparams_session(logger, hparams_of(cfg))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    datamodule.prepare_data()  # fail on missing or damaged data before any training starts
+    if ckpt_path is None:  # a resumed run has its HPARAMS entry already
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                write_hparams_session(logger, hparams_of(cfg))
+    status, message = "completed", ""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except TrainingDiverged as error:
+        status, message = "diverged", str(error)
+    except BaseException as error:
+        interruption = interruption_of(error, trainer)
+        if interruption is None:
+            raise
+        raise interruption from None
     metrics = trainer.callback_metrics
     timer = next(callback for callback in trainer.callbacks if isinstance(callback, EpochTimer))
     return RunResult(
-        status="completed",
-        train_loss=float(metrics["train/loss"]),
-        train_acc=float(metrics["train/acc"]),
-        test_acc=float(metrics["test/acc"]),
+        status=status,
+        train_loss=float(metrics.get("train/loss", math.nan)),
+        train_acc=float(metrics.get("train/acc", math.nan)),
+        test_acc=float(metrics.get("test/acc", math.nan)),
         examples_per_second=timer.examples_per_second,
         device=str(trainer.strategy.root_device),
-        output_dir=Path(cfg.output_dir),
+        output_dir=output_dir,
+        message=message,
     )
