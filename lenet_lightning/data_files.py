@@ -200,7 +200,8 @@ def _fetch_into_place(
                 os.replace(staged / name, raw_folder / name)
         return None if not staged_problems else "; ".join(staged_problems.values())
     except (OSError, RuntimeError) as error:
-        return f"download failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        details = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+        return f"download failed: {details[:300]}"
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
 

@@ -59,9 +59,11 @@ class RunResult:
         ]
 
 
-def build(cfg: DictConfig) -> tuple[MNISTDataModule, LeNetClassifier, L.Trainer]:
-    """Instantiate the DataModule, the LightningModule and the Trainer (with its logger and callbacks)."""
-    datamodule: MNISTDataModule = instantiate(cfg.dataset)
+def build(
+    cfg: DictConfig, datamodule: MNISTDataModule | None = None
+) -> tuple[MNISTDataModule, LeNetClassifier, L.Trainer]:
+    """Instantiate the DataModule (unless given), the LightningModule and the Trainer (with logger and callbacks)."""
+    datamodule = datamodule if datamodule is not None else instantiate(cfg.dataset)
     module = LeNetClassifier(
         net=OmegaConf.to_container(cfg.model, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
@@ -108,8 +110,9 @@ def fit(cfg: DictConfig) -> RunResult:
     ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), output_dir)
     check_writable(output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module, trainer = build(cfg)
-    datamodule.prepare_data()  # fail on missing or damaged data before any training starts
+    datamodule: MNISTDataModule = instantiate(cfg.dataset)
+    datamodule.prepare_data()  # fail on missing or damaged data before the Trainer is even built
+    datamodule, module, trainer = build(cfg, datamodule)
     if ckpt_path is None:  # a resumed run has its HPARAMS entry already
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
