@@ -33,3 +33,15 @@ class SignalAt(L.Callback):
             for logger in trainer.loggers:
                 logger.experiment.flush()
             self._fire()
+
+
+class BlowUpAt(L.Callback):
+    """Multiply every weight by 1e30 at the start of epoch ``epoch`` (1-based), so its loss becomes NaN."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 == self.epoch:
+            for parameter in pl_module.parameters():
+                parameter.data.mul_(1e30)
