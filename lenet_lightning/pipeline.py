@@ -38,12 +38,7 @@ class RunResult:
     examples_per_second: float
     device: str
     output_dir: Path
-    message: str = ""  # why a run did not complete
-
-    @classmethod
-    def unfinished(cls, status: str, message: str, output_dir: Path) -> "RunResult":
-        """The result of a run that stopped before producing metrics ("failed", "interrupted")."""
-        return cls(status, math.nan, math.nan, math.nan, 0.0, "", output_dir, message)
+    reason: str = ""  # why a run did not complete
 
     def write_json(self, path: Path) -> None:
         """Save the result as ``result.json`` in the run folder, where sweep summaries and tools read it."""
@@ -117,11 +112,11 @@ def fit(cfg: DictConfig) -> RunResult:
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 write_hparams_session(logger, hparams_of(cfg))
-    status, message = "completed", ""
+    status, reason = "completed", ""
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except TrainingDiverged as error:
-        status, message = "diverged", str(error)
+        status, reason = "diverged", str(error)
     except BaseException as error:
         interruption = interruption_of(error, trainer)
         if interruption is None:
@@ -137,5 +132,5 @@ def fit(cfg: DictConfig) -> RunResult:
         examples_per_second=timer.examples_per_second,
         device=str(trainer.strategy.root_device),
         output_dir=output_dir,
-        message=message,
+        reason=reason,
     )

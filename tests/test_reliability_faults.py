@@ -127,7 +127,7 @@ def test_divergence_after_a_good_epoch_keeps_the_last_finite_checkpoint(make_con
     blow_up = ("+callbacks.blow_up._target_=tests.reliability_faults.BlowUpAt", "+callbacks.blow_up.epoch=2")
     cfg = make_config("model.activation=relu", "lr=0.3", "epochs=3", "dataset.batch_size=64", *blow_up)
     result = fit(cfg)
-    assert result.status == "diverged" and "epoch 2" in result.message
+    assert result.status == "diverged" and "epoch 2" in result.reason
     state = torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["epoch"] == 0, "the checkpoint of epoch 1 is kept, epoch 2 never saved"
     assert all(torch.isfinite(tensor).all() for tensor in state["state_dict"].values() if tensor.is_floating_point())
