@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 
 from lenet_lightning.checkpointing import AtomicCheckpointIO, load_checkpoint_safely
 from lenet_lightning.errors import UserError
 from lenet_lightning.pipeline import fit
+from tests.conftest import REPO_ROOT
 
 
 class Payload:
@@ -45,9 +45,10 @@ def only_plain_values(value) -> bool:
 
 @pytest.fixture(scope="module")
 def real_checkpoint(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import CONFIG_DIR
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
+
+    from tests.conftest import CONFIG_DIR
 
     run = tmp_path_factory.mktemp("run")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IDX_FILES, REPO_ROOT, cli_env, write_idx, write_tiny_dataset
 from torchvision.datasets import MNIST
 
 from lenet_lightning.data import MNISTDataModule
 from lenet_lightning.data_files import CorruptDataError, DataUnavailableError, ensure_dataset_files, find_problems
+from tests.conftest import IDX_FILES, REPO_ROOT, cli_env, write_idx, write_tiny_dataset
 
 OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
 

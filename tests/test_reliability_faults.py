@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, cli_env
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lenet_lightning.checkpointing import TrainingInterrupted
 from lenet_lightning.pipeline import fit
 from lenet_lightning.run_folder import reserve_run_folder
+from tests.conftest import CONFIG_DIR, cli_env
 
 # A recipe that learns the tiny data set in 4 epochs of 8 steps, so resumed and unbroken runs can be compared.
 RECIPE = ("epochs=4", "dataset.batch_size=64", "lr=0.3", "model.activation=relu", "accelerator=cpu")
@@ -78,7 +79,7 @@ def test_kill_9_then_resume_continues_and_matches_an_unbroken_run(run_cli, tmp_p
     assert_same_as_unbroken(run, unbroken)
 
 
-def test_sigterm_saves_flushes_exits_143_and_resumes(run_cli, tmp_path: Path, unbroken) -> None:
+def test_sigterm_saves_flushes_exits_143_and_resumes(run_cli, make_config, tmp_path: Path, unbroken) -> None:
     run = tmp_path / "run"
     terminated = run_cli(*RECIPE, f"hydra.run.dir={run}", *fault(3, 4, signal.SIGTERM, tmp_path / "fired"))
     assert terminated.returncode == 143, terminated.stderr
@@ -87,19 +88,23 @@ def test_sigterm_saves_flushes_exits_143_and_resumes(run_cli, tmp_path: Path, un
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     flushed = curves(run)
     assert [step for step, _ in flushed["test/acc"]] == [1, 2], "logs of the finished epochs are on disk"
-    # The other documented way to resume: name the checkpoint and the run folder.
-    resumed = run_cli(f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={run}", *RECIPE)
-    assert resumed.returncode == 0, resumed.stderr
+    # The other documented way to resume, ckpt_path=<run>/checkpoints/last.ckpt, through the fit() the CLI runs.
+    resumed = fit(make_config(*RECIPE, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", output_dir=run))
+    resumed.write_json(run / "result.json")
     assert_same_as_unbroken(run, unbroken)
 
 
-def test_ctrl_c_stops_cleanly_with_exit_130_and_keeps_the_checkpoint(run_cli, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    interrupted = run_cli(*RECIPE, f"hydra.run.dir={run}", *fault(2, 3, signal.SIGINT, tmp_path / "fired"))
-    assert interrupted.returncode == 130, interrupted.stderr
-    assert "interrupted by SIGINT" in interrupted.stderr
-    assert "Traceback" not in interrupted.stderr
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+def test_ctrl_c_stops_cleanly_with_exit_130_and_keeps_the_checkpoint(make_config, tmp_path: Path) -> None:
+    """A real SIGINT to this process, as Ctrl-C sends; Lightning's graceful shutdown, then our exit status."""
+    cfg = make_config(*RECIPE, *fault(2, 3, signal.SIGINT, tmp_path / "fired"))
+    previous_handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(TrainingInterrupted) as raised:
+            fit(cfg)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)  # Lightning ignores further Ctrl-C while shutting down
+    assert raised.value.exit_code == 130 and "SIGINT" in str(raised.value)
+    assert torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
 
 def test_resume_with_nothing_to_resume_says_starting_fresh(make_config, tmp_path: Path, capsys) -> None:
