@@ -215,7 +215,5 @@ def _raise_for(problems: dict[Path, str], raw_folder: Path, folder: str, names: 
         details = "; ".join(damaged.values())
         raise CorruptDataError(f"{details} (not replaced: {reason}); delete it to download it again, or {fix}")
     if missing:
-        raise DataUnavailableError(
-            f"{folder} files are missing and could not be fetched ({reason}): expected {', '.join(names)} "
-            f"in {raw_folder}; {fix}"
-        )
+        how = "are missing (download=false)" if reason == "download=false" else f"could not be downloaded ({reason})"
+        raise DataUnavailableError(f"{folder} files {how}: expected {', '.join(names)} in {raw_folder}; {fix}")

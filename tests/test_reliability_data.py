@@ -68,7 +68,7 @@ def test_missing_data_offline_check_is_bounded(tmp_path: Path, monkeypatch) -> N
     for key, value in OFFLINE.items():
         monkeypatch.setenv(key, value)
     start = time.perf_counter()
-    with pytest.raises(DataUnavailableError, match="could not be fetched"):
+    with pytest.raises(DataUnavailableError, match="could not be downloaded"):
         ensure_dataset_files(MNIST, tmp_path / "empty")
     assert time.perf_counter() - start < 10
 
