@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-import yaml
+from omegaconf import OmegaConf
 
 from lenet_lightning.errors import UserError
 
@@ -68,7 +68,7 @@ def overrides_of_run(folder: Path) -> list[str]:
         raise UserError(f"resume={folder}: not a run folder (no .hydra/overrides.yaml or checkpoints/ in it)")
     if not saved.is_file():
         return []
-    return [str(item) for item in yaml.safe_load(saved.read_text()) or []]
+    return [str(item) for item in OmegaConf.load(saved)]
 
 
 def merge_overrides(saved: list[str], given: list[str]) -> list[str]:
