@@ -19,6 +19,7 @@ import json
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,9 +87,11 @@ def run_seed(data_dir: Path, dataset: str, epochs: int, seed: int) -> Measuremen
     to_tensor = transforms.ToTensor()
     train = dataset_class(str(data_dir), train=True, transform=to_tensor)
     test = dataset_class(str(data_dir), train=False, transform=to_tensor)
-    train_loader = DataLoader(train, batch_size=BATCH_SIZE, shuffle=True, num_workers=4)
-    test_loader = DataLoader(test, batch_size=BATCH_SIZE, shuffle=False, num_workers=4)
-    seconds, examples, test_acc = train_epochs_plain(LeNet(), lambda: train_loader, lambda: test_loader, epochs)
+    with warnings.catch_warnings():  # 4 workers on fewer cores is the recipe's setting, warned about by torch
+        warnings.filterwarnings("ignore", message="This DataLoader will create 4 worker processes")
+        train_loader = DataLoader(train, batch_size=BATCH_SIZE, shuffle=True, num_workers=4)
+        test_loader = DataLoader(test, batch_size=BATCH_SIZE, shuffle=False, num_workers=4)
+        seconds, examples, test_acc = train_epochs_plain(LeNet(), lambda: train_loader, lambda: test_loader, epochs)
     return Measurement("seed", examples / seconds, test_acc)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -19,11 +20,13 @@ from lenet_lightning.checkpointing import checkpoint_to_resume, interruption_of
 from lenet_lightning.config_check import validate_config
 from lenet_lightning.data import MNISTDataModule
 from lenet_lightning.divergence import TrainingDiverged
+from lenet_lightning.launch_guard import refuse_reexecution_in_multirun
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.run_folder import check_writable
 from lenet_lightning.throughput import EpochTimer
 
 REPORTED_METRICS = ("train/loss", "train/acc", "test/acc")
+THROUGHPUT_KEY = "examples_per_second"
 HPARAM_SECTIONS = ("dataset", "model", "optimizer")
 
 
@@ -45,13 +48,22 @@ class RunResult:
         path.write_text(json.dumps({**asdict(self), "output_dir": str(self.output_dir)}, indent=2) + "\n")
 
     def summary_lines(self) -> list[str]:
+        folder = display_path(self.output_dir)
         return [
             f"loss {self.train_loss:.3f}, train acc {self.train_acc:.3f}, test acc {self.test_acc:.3f}",
             f"{self.examples_per_second:.1f} examples/sec on {self.device} "
             "(wall clock of the training epochs, per-epoch test evaluation included)",
-            f"run folder: {self.output_dir}",
-            f"view the curves: tensorboard --logdir {self.output_dir}",
+            f"run folder: {folder}",
+            f"view the curves: tensorboard --logdir {folder}",
         ]
+
+
+def display_path(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (what users type), else absolute."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def build(
@@ -66,6 +78,7 @@ def build(
         class_names=datamodule.classes,
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    callbacks.append(RunReport(hparams_of(cfg)))
     logger = instantiate(cfg.logger)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     return datamodule, module, trainer
@@ -94,11 +107,36 @@ def write_hparams_session(logger: TensorBoardLogger, params: dict[str, Any]) -> 
     writer.flush()
 
 
+class RunReport(L.Callback):
+    """The parts of the report made inside the training process(es), on rank 0 only.
+
+    Registers the HPARAMS session when training starts (so interrupted runs show up too), and puts the
+    throughput into ``callback_metrics``: with ``ddp_spawn`` those metrics are all that returns to the
+    process that called ``fit``, while the callbacks' own state stays behind in the spawned processes.
+    """
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    write_hparams_session(logger, self.params)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        timer = next(callback for callback in trainer.callbacks if isinstance(callback, EpochTimer))
+        # Each process times its own share of the data; together they train world_size times as many examples.
+        trainer.callback_metrics[THROUGHPUT_KEY] = torch.tensor(timer.examples_per_second * trainer.world_size)
+
+
 def fit(cfg: DictConfig) -> RunResult:
     """Check, seed, build, train with per-epoch test evaluation, and return the final metrics.
 
     Bad input raises :class:`UserError` before any data is read; a diverged run returns status
     ``diverged``; SIGTERM or Ctrl-C raise :class:`~lenet_lightning.checkpointing.TrainingInterrupted`.
+    With several processes the metrics are the synchronised ones of rank 0, also in the process that
+    launched them (``ddp_spawn``).
     """
     validate_config(cfg)
     output_dir = Path(cfg.output_dir)
@@ -108,13 +146,12 @@ def fit(cfg: DictConfig) -> RunResult:
     datamodule: MNISTDataModule = instantiate(cfg.dataset)
     datamodule.prepare_data()  # fail on missing or damaged data before the Trainer is even built
     datamodule, module, trainer = build(cfg, datamodule)
-    if ckpt_path is None:  # a resumed run has its HPARAMS entry already
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                write_hparams_session(logger, hparams_of(cfg))
+    refuse_reexecution_in_multirun(trainer)
+    # Lightning trains a compiled LightningModule as is and saves the original module's weights.
+    model = torch.compile(module, mode=cfg.compile) if cfg.compile else module
     status, reason = "completed", ""
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except TrainingDiverged as error:
         status, reason = "diverged", str(error)
     except BaseException as error:
@@ -123,14 +160,14 @@ def fit(cfg: DictConfig) -> RunResult:
             raise
         raise interruption from None
     metrics = trainer.callback_metrics
-    timer = next(callback for callback in trainer.callbacks if isinstance(callback, EpochTimer))
+    device = trainer.strategy.root_device
     return RunResult(
         status=status,
         train_loss=float(metrics.get("train/loss", math.nan)),
         train_acc=float(metrics.get("train/acc", math.nan)),
         test_acc=float(metrics.get("test/acc", math.nan)),
-        examples_per_second=timer.examples_per_second,
-        device=str(trainer.strategy.root_device),
+        examples_per_second=float(metrics.get(THROUGHPUT_KEY, math.nan)),
+        device=f"{trainer.world_size} x {device.type}" if trainer.world_size > 1 else str(device),
         output_dir=output_dir,
         reason=reason,
     )

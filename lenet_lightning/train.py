@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from lenet_lightning.config_check import check_command_line, overrides_of, reject_sweeps
 from lenet_lightning.errors import UserError
+from lenet_lightning.launch_guard import ReexecutionInMultirunError
 from lenet_lightning.run_folder import check_writable, merge_overrides, overrides_of_run, quoted, reserve_run_folder
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ def main(cfg: DictConfig) -> float:
     In a sweep (``-m``) a failed or diverged job is recorded in its ``result.json`` and returns NaN, so
     the other jobs still run (``sys.exit`` here would end the whole sweep); a single run exits non-zero.
     """
+    from lightning.pytorch.utilities import rank_zero_only
+
     from lenet_lightning.checkpointing import TrainingInterrupted
     from lenet_lightning.pipeline import fit
     from lenet_lightning.plots import save_run_curves
@@ -41,6 +44,9 @@ def main(cfg: DictConfig) -> float:
     output_dir = Path(cfg.output_dir)
     try:
         result = fit(cfg)
+    except ReexecutionInMultirunError as error:  # every job of the sweep would fail the same way: end it now
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     except TrainingInterrupted as interruption:
         write_record(output_dir, "interrupted", str(interruption))
         print(
@@ -59,13 +65,14 @@ def main(cfg: DictConfig) -> float:
         raise
     if not math.isfinite(result.train_loss) and result.status == "completed":  # NaN/inf with no divergence check
         result.status = "diverged"
-    result.write_json(result.output_dir / "result.json")
-    save_run_curves(result.output_dir)
-    print("\n".join(result.summary_lines()))
-    if result.status == "diverged":
-        print(f"error: training diverged: {result.reason or 'the loss is not finite'}", file=sys.stderr)
-        if not sweeping:
-            sys.exit(EXIT_DIVERGED)
+    if rank_zero_only.rank == 0:  # with the ddp strategy every process runs this function; one reports
+        result.write_json(result.output_dir / "result.json")
+        save_run_curves(result.output_dir)
+        print("\n".join(result.summary_lines()))
+        if result.status == "diverged":
+            print(f"error: training diverged: {result.reason or 'the loss is not finite'}", file=sys.stderr)
+    if result.status == "diverged" and not sweeping:
+        sys.exit(EXIT_DIVERGED)
     return result.test_acc
 
 
