@@ -32,7 +32,8 @@ class StopOnDivergence(L.Callback):
         last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
         if (batch_idx + 1) % self.check_every_n_steps and not last_of_epoch:
             return
-        if not bool(self._all_finite):  # the one host sync, every n steps
+        # The one host sync, every n steps; with several processes all of them agree, so all stop together.
+        if not trainer.strategy.reduce_boolean_decision(bool(self._all_finite), all=True):
             raise TrainingDiverged(
                 f"training loss became {float(loss):g} by step {batch_idx + 1} of epoch {trainer.current_epoch + 1}; "
                 "lower the learning rate (lr=...)"
