@@ -60,8 +60,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: _PATH, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        """Always ``weights_only=True``: a checkpoint holds tensors and plain containers, nothing to execute."""
-        return load_checkpoint_safely(path, map_location=map_location)
+        """Always ``weights_only=True``: a checkpoint holds tensors and plain containers, nothing to execute.
+
+        Also reads the bare weights files ``ddp_spawn`` passes back to the launching process.
+        """
+        return load_weights_only(path, map_location=map_location)
 
 
 def load_checkpoint_safely(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
@@ -70,12 +73,20 @@ def load_checkpoint_safely(path: _PATH, map_location: Any = "cpu") -> dict[str, 
     Refuses missing files, files that are not checkpoints, and checkpoints that would need to run code
     (arbitrary pickled objects) to load.
     """
+    checkpoint = load_weights_only(path, map_location)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"checkpoint {path} is not a Lightning checkpoint (it has no state_dict)")
+    return checkpoint
+
+
+def load_weights_only(path: _PATH, map_location: Any = "cpu") -> Any:
+    """``torch.load(..., weights_only=True)`` of any file ``torch.save`` wrote, with one-line errors naming it."""
     file = Path(path)
     if not file.is_file():
         what = "a folder, not a checkpoint file" if file.is_dir() else "no such file"
         raise UserError(f"checkpoint {file}: {what}")
     try:
-        checkpoint = torch.load(file, map_location=map_location, weights_only=True)
+        return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             raise UserError(
@@ -86,9 +97,6 @@ def load_checkpoint_safely(path: _PATH, map_location: Any = "cpu") -> dict[str, 
     except Exception as error:  # torch.load raises whatever its parser trips on for a non-checkpoint file
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"checkpoint {file} is not a PyTorch checkpoint (or is damaged): {first_line}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserError(f"checkpoint {file} is not a Lightning checkpoint (it has no state_dict)")
-    return checkpoint
 
 
 def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, output_dir: Path) -> Path | None:
