@@ -52,15 +52,22 @@ def train_epochs_plain(
     train_batches: Callable[[], object],
     test_batches: Callable[[], object],
     epochs: int,
+    device: torch.device,
 ) -> tuple[float, int, float]:
-    """The recipe's plain loop (SGD, summed loss and correct counts); returns (seconds, examples, test acc)."""
+    """The recipe's plain loop (SGD, summed loss and correct counts); returns (seconds, examples, test acc).
+
+    Batches are moved to ``device`` as they come (a no-op for batches already there).
+    """
+    model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     seconds, examples, test_acc = 0.0, 0, 0.0
     for _ in range(epochs):
         start = time.perf_counter()
         model.train()
-        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
         for images, labels in train_batches():
+            images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad()
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
@@ -74,6 +81,7 @@ def train_epochs_plain(
         hits, total = 0, 0
         with torch.no_grad():
             for images, labels in test_batches():
+                images, labels = images.to(device), labels.to(device)
                 hits += int((model(images).argmax(1) == labels).sum())
                 total += len(labels)
         test_acc = hits / total
@@ -81,7 +89,7 @@ def train_epochs_plain(
     return seconds, examples, test_acc
 
 
-def run_seed(data_dir: Path, dataset: str, epochs: int, seed: int) -> Measurement:
+def run_seed(data_dir: Path, dataset: str, epochs: int, seed: int, accelerator: str = "cpu") -> Measurement:
     torch.manual_seed(seed)
     dataset_class = DATASETS[dataset]
     to_tensor = transforms.ToTensor()
@@ -91,30 +99,35 @@ def run_seed(data_dir: Path, dataset: str, epochs: int, seed: int) -> Measuremen
         warnings.filterwarnings("ignore", message="This DataLoader will create 4 worker processes")
         train_loader = DataLoader(train, batch_size=BATCH_SIZE, shuffle=True, num_workers=4)
         test_loader = DataLoader(test, batch_size=BATCH_SIZE, shuffle=False, num_workers=4)
-        seconds, examples, test_acc = train_epochs_plain(LeNet(), lambda: train_loader, lambda: test_loader, epochs)
+        seconds, examples, test_acc = train_epochs_plain(
+            LeNet(), lambda: train_loader, lambda: test_loader, epochs, torch_device(accelerator)
+        )
     return Measurement("seed", examples / seconds, test_acc)
 
 
-def run_floor(data_dir: Path, dataset: str, epochs: int, seed: int) -> Measurement:
+def run_floor(data_dir: Path, dataset: str, epochs: int, seed: int, accelerator: str = "cpu") -> Measurement:
     torch.manual_seed(seed)
+    device = torch_device(accelerator)
     dataset_class = DATASETS[dataset]
     train = dataset_class(str(data_dir), train=True)
     test = dataset_class(str(data_dir), train=False)
-    train_images, train_labels = train.data, train.targets
-    test_images, test_labels = test.data.unsqueeze(1).float() / 255, test.targets
+    train_images, train_labels = train.data.to(device), train.targets.to(device)
+    test_images, test_labels = (test.data.unsqueeze(1).float() / 255).to(device), test.targets.to(device)
 
     def train_batches():
-        for batch in torch.randperm(len(train_labels)).split(BATCH_SIZE):
+        for batch in torch.randperm(len(train_labels), device=device).split(BATCH_SIZE):
             yield train_images[batch].unsqueeze(1).float() / 255, train_labels[batch]
 
     def test_batches():
         return zip(test_images.split(1000), test_labels.split(1000), strict=True)
 
-    seconds, examples, test_acc = train_epochs_plain(LeNet(), train_batches, test_batches, epochs)
+    seconds, examples, test_acc = train_epochs_plain(LeNet(), train_batches, test_batches, epochs, device)
     return Measurement("floor", examples / seconds, test_acc)
 
 
-def run_project(data_dir: Path, dataset: str, epochs: int, seed: int, accelerator: str = "cpu") -> Measurement:
+def run_project(
+    data_dir: Path, dataset: str, epochs: int, seed: int, accelerator: str = "cpu", overrides: tuple[str, ...] = ()
+) -> Measurement:
     with tempfile.TemporaryDirectory() as output_dir:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(
@@ -125,6 +138,7 @@ def run_project(data_dir: Path, dataset: str, epochs: int, seed: int, accelerato
                     f"epochs={epochs}",
                     f"seed={seed}",
                     f"accelerator={accelerator}",
+                    *overrides,
                 ],
             )
         with open_dict(cfg):
@@ -136,13 +150,30 @@ def run_project(data_dir: Path, dataset: str, epochs: int, seed: int, accelerato
 PIPELINES = {"seed": run_seed, "floor": run_floor, "project": run_project}
 
 
-def benchmark(data_dir: Path, dataset: str, epochs: int, rounds: int, seed: int = 0) -> dict[str, list[Measurement]]:
+def torch_device(accelerator: str) -> torch.device:
+    return torch.device("cuda" if accelerator == "gpu" else "cpu")
+
+
+def benchmark(
+    data_dir: Path,
+    dataset: str,
+    epochs: int,
+    rounds: int,
+    accelerator: str = "cpu",
+    project_overrides: tuple[str, ...] = (),
+    seed: int = 0,
+) -> dict[str, list[Measurement]]:
     """Warm up each pipeline for one epoch, then run ``rounds`` interleaved rounds of ``epochs`` each."""
-    for run in PIPELINES.values():
+    pipelines: dict[str, Callable[..., Measurement]] = {
+        "seed": lambda *args: run_seed(*args, accelerator=accelerator),
+        "floor": lambda *args: run_floor(*args, accelerator=accelerator),
+        "project": lambda *args: run_project(*args, accelerator=accelerator, overrides=project_overrides),
+    }
+    for run in pipelines.values():
         run(data_dir, dataset, 1, seed)
-    measurements: dict[str, list[Measurement]] = {name: [] for name in PIPELINES}
+    measurements: dict[str, list[Measurement]] = {name: [] for name in pipelines}
     for round_index in range(rounds):
-        for name, run in PIPELINES.items():
+        for name, run in pipelines.items():
             measurement = run(data_dir, dataset, epochs, seed + round_index)
             measurements[name].append(measurement)
             print(
@@ -188,21 +219,29 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="where all three pipelines train")
+    parser.add_argument(
+        "--project-override", action="append", default=[], help="extra Hydra override for the project pipeline"
+    )
     parser.add_argument("--json", type=Path, help="also write the table and every round's numbers here")
     args = parser.parse_args()
 
-    measurements = benchmark(args.data_dir, args.dataset, args.epochs, args.rounds)
+    measurements = benchmark(
+        args.data_dir, args.dataset, args.epochs, args.rounds, args.accelerator, tuple(args.project_override)
+    )
     table = summarize(measurements)
     comparable = accuracy_comparable(table)
+    device = torch.cuda.get_device_name() if args.accelerator == "gpu" else f"cpu, {torch.get_num_threads()} threads"
+    overrides = " ".join(args.project_override) or "none"
     print(
-        f"\n{args.dataset}, {args.epochs} epochs, median of {args.rounds} rounds, torch threads "
-        f"{torch.get_num_threads()}:\n{format_table(table)}"
+        f"\n{args.dataset}, {args.epochs} epochs, median of {args.rounds} rounds, {device}, "
+        f"project overrides: {overrides}\n{format_table(table)}"
     )
     print(f"accuracy check (spread <= {ACCURACY_TOLERANCE}): {'ok' if comparable else 'FAILED'}")
     if args.json:
         rounds = {name: [asdict(m) for m in runs] for name, runs in measurements.items()}
         payload = {
-            "config": vars(args) | {"data_dir": str(args.data_dir), "json": str(args.json)},
+            "config": vars(args) | {"data_dir": str(args.data_dir), "json": str(args.json), "device": device},
             "table": table,
             "rounds": rounds,
             "accuracy_comparable": comparable,

@@ -44,11 +44,12 @@ class LeNetClassifier(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         logits = self.net(images)
-        loss = F.cross_entropy(logits, labels)
-        # Weighted by batch size: the epoch's loss is the mean over examples, as the recipe defines it.
-        self.train_loss.update(loss.detach(), weight=labels.numel())
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        # Per-example losses: the epoch's loss is the mean over examples, as the recipe defines it, and no
+        # Python number is copied to the device (on a GPU that copy would wait for the step to finish).
+        self.train_loss.update(losses.detach())
         self.train_acc.update(logits.detach(), labels)
-        return loss
+        return losses.mean()
 
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss)
@@ -60,7 +61,7 @@ class LeNetClassifier(L.LightningModule):
         images, labels = batch
         logits = self.net(images)
         if dataloader_idx == 0:
-            self.test_loss.update(F.cross_entropy(logits, labels), weight=labels.numel())
+            self.test_loss.update(F.cross_entropy(logits, labels, reduction="none"))
             self.test_acc.update(logits, labels)
         else:
             self.val_acc.update(logits, labels)
@@ -75,7 +76,7 @@ class LeNetClassifier(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self.net(images)
-        self.test_loss.update(F.cross_entropy(logits, labels), weight=labels.numel())
+        self.test_loss.update(F.cross_entropy(logits, labels, reduction="none"))
         self.test_acc.update(logits, labels)
 
     def on_test_epoch_end(self) -> None:
