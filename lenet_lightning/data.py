@@ -15,7 +15,7 @@ from torch import Tensor
 from torchvision.datasets import MNIST, FashionMNIST
 
 from lenet_lightning.data_files import DataUnavailableError as DataUnavailableError  # raised by prepare_data
-from lenet_lightning.data_files import ensure_dataset_files
+from lenet_lightning.data_files import ensure_dataset_files, expected_names
 
 DATASETS: dict[str, type[MNIST]] = {"mnist": MNIST, "fashion": FashionMNIST}
 
@@ -115,6 +115,12 @@ class MNISTDataModule(L.LightningDataModule):
     @property
     def raw_folder(self) -> Path:
         return self.data_dir / self.dataset_class.__name__ / "raw"
+
+    def expected_files(self) -> list[Path]:
+        return [self.raw_folder / name for name in expected_names(self.dataset_class)]
+
+    def missing_files(self) -> list[Path]:
+        return [path for path in self.expected_files() if not path.is_file()]
 
     def prepare_data(self) -> None:
         """Make sure the four IDX files are on disk and sound, downloading missing or damaged ones when allowed."""
