@@ -52,7 +52,10 @@ def real_checkpoint(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
     run = tmp_path_factory.mktemp("run")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"data_dir={tiny_data_dir}", "epochs=1", "accelerator=cpu"])
+        cfg = compose(
+            config_name="train",
+            overrides=[f"data_dir={tiny_data_dir}", "epochs=1", "accelerator=cpu", "~callbacks.error_analysis"],
+        )
     with open_dict(cfg):
         cfg.output_dir = str(run)
     fit(cfg)

@@ -19,7 +19,9 @@ from lenet_lightning.run_folder import reserve_run_folder
 from tests.conftest import CONFIG_DIR, cli_env
 
 # A recipe that learns the tiny data set in 4 epochs of 8 steps, so resumed and unbroken runs can be compared.
-RECIPE = ("epochs=4", "dataset.batch_size=64", "lr=0.3", "model.activation=relu", "accelerator=cpu")
+# The error-analysis figures are not what these tests look at, and rendering them costs seconds per run.
+NO_FIGURES = "~callbacks.error_analysis"
+RECIPE = ("epochs=4", "dataset.batch_size=64", "lr=0.3", "model.activation=relu", "accelerator=cpu", NO_FIGURES)
 CURVES = ("train/loss", "train/acc", "test/acc")
 
 
@@ -111,7 +113,7 @@ def test_resume_with_nothing_to_resume_says_starting_fresh(make_config, tmp_path
     run = tmp_path / "stopped-early"
     (run / ".hydra").mkdir(parents=True)
     for overrides in ([f"resume={run}"], ["ckpt_path=last"]):
-        result = fit(make_config(*overrides, "epochs=1", output_dir=run))
+        result = fit(make_config(*overrides, "epochs=1", NO_FIGURES, output_dir=run))
         assert result.status == "completed"
         assert f"nothing to resume: no {run / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out
         (run / "checkpoints" / "last.ckpt").unlink()
@@ -139,7 +141,7 @@ def test_divergence_after_a_good_epoch_keeps_the_last_finite_checkpoint(make_con
 
 
 def test_two_runs_started_together_get_separate_folders(tmp_path: Path, tiny_data_dir: Path) -> None:
-    args = [sys.executable, "-m", "lenet_lightning.train", "epochs=1", "accelerator=cpu"]
+    args = [sys.executable, "-m", "lenet_lightning.train", "epochs=1", "accelerator=cpu", NO_FIGURES]
     processes = [
         subprocess.Popen(
             [*args, f"seed={seed}"],
