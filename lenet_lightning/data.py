@@ -5,7 +5,6 @@ Batches are sliced from in-memory tensors with a shuffled permutation instead of
 """
 
 import math
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,10 @@ import torch
 from torch import Tensor
 from torchvision.datasets import MNIST, FashionMNIST
 
-from lenet_lightning.errors import UserError
+from lenet_lightning.data_files import DataUnavailableError as DataUnavailableError  # raised by prepare_data
+from lenet_lightning.data_files import ensure_dataset_files, expected_names
 
 DATASETS: dict[str, type[MNIST]] = {"mnist": MNIST, "fashion": FashionMNIST}
-DOWNLOAD_TIMEOUT_S = 10
-
-
-class DataUnavailableError(UserError):
-    """The data set files are not on disk and could not be downloaded."""
 
 
 class TensorBatches:
@@ -125,33 +120,14 @@ class MNISTDataModule(L.LightningDataModule):
         return self.data_dir / self.dataset_class.__name__ / "raw"
 
     def expected_files(self) -> list[Path]:
-        return [self.raw_folder / Path(name).stem for name, _ in self.dataset_class.resources]
+        return [self.raw_folder / name for name in expected_names(self.dataset_class)]
 
     def missing_files(self) -> list[Path]:
         return [path for path in self.expected_files() if not path.is_file()]
 
     def prepare_data(self) -> None:
-        """Make sure the four IDX files are on disk, downloading them (md5-checked) when allowed."""
-        if not self.missing_files():
-            return
-        if self.download:
-            previous_timeout = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # never hang on a dead network
-            try:
-                self.dataset_class(str(self.data_dir), train=True, download=True)
-            except (RuntimeError, OSError):
-                pass  # reported below with the files still missing and how to fix it
-            finally:
-                socket.setdefaulttimeout(previous_timeout)
-        missing = self.missing_files()
-        if missing:
-            names = ", ".join(path.name for path in self.expected_files())
-            how = "could not be downloaded" if self.download else "are missing (download=false)"
-            raise DataUnavailableError(
-                f"{self.dataset_class.__name__} files {how}: expected {names} in {self.raw_folder}; "
-                "copy them there or point LENET_DATA_DIR at a folder that holds "
-                f"{self.dataset_class.__name__}/raw/"
-            )
+        """Make sure the four IDX files are on disk and sound, downloading missing or damaged ones when allowed."""
+        ensure_dataset_files(self.dataset_class, self.data_dir, download=self.download)
 
     def _load_split(self, train: bool) -> tuple[Tensor, Tensor]:
         dataset = self.dataset_class(str(self.data_dir), train=train, download=False)
@@ -160,6 +136,8 @@ class MNISTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        # Headers checked on every rank before loading; cheap after prepare_data has md5-checked them.
+        ensure_dataset_files(self.dataset_class, self.data_dir, download=False)
         train_images, train_labels = self._load_split(train=True)
         test_images, test_labels = self._load_split(train=False)
         device = self._device()

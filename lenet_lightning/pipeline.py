@@ -4,6 +4,7 @@ Shared by the command line (``train.py``), the tests and the benchmark, so all t
 """
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
+from lenet_lightning.checkpointing import checkpoint_to_resume, interruption_of
+from lenet_lightning.config_check import validate_config
 from lenet_lightning.data import MNISTDataModule
+from lenet_lightning.divergence import TrainingDiverged
 from lenet_lightning.launch_guard import refuse_reexecution_in_multirun
 from lenet_lightning.module import LeNetClassifier
+from lenet_lightning.run_folder import check_writable
 from lenet_lightning.throughput import EpochTimer
 
 REPORTED_METRICS = ("train/loss", "train/acc", "test/acc")
@@ -36,6 +41,7 @@ class RunResult:
     examples_per_second: float
     device: str
     output_dir: Path
+    reason: str = ""  # why a run did not complete
 
     def write_json(self, path: Path) -> None:
         """Save the result as ``result.json`` in the run folder, where sweep summaries and tools read it."""
@@ -60,9 +66,11 @@ def display_path(path: Path) -> Path:
         return path
 
 
-def build(cfg: DictConfig) -> tuple[MNISTDataModule, LeNetClassifier, L.Trainer]:
-    """Instantiate the DataModule, the LightningModule and the Trainer (with its logger and callbacks)."""
-    datamodule: MNISTDataModule = instantiate(cfg.dataset)
+def build(
+    cfg: DictConfig, datamodule: MNISTDataModule | None = None
+) -> tuple[MNISTDataModule, LeNetClassifier, L.Trainer]:
+    """Instantiate the DataModule (unless given), the LightningModule and the Trainer (with logger and callbacks)."""
+    datamodule = datamodule if datamodule is not None else instantiate(cfg.dataset)
     module = LeNetClassifier(
         net=OmegaConf.to_container(cfg.model, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
@@ -124,24 +132,41 @@ class RunReport(L.Callback):
 
 
 def fit(cfg: DictConfig) -> RunResult:
-    """Seed, build, train with per-epoch test evaluation, and return the final metrics.
+    """Check, seed, build, train with per-epoch test evaluation, and return the final metrics.
 
+    Bad input raises :class:`UserError` before any data is read; a diverged run returns status
+    ``diverged``; SIGTERM or Ctrl-C raise :class:`~lenet_lightning.checkpointing.TrainingInterrupted`.
     With several processes the metrics are the synchronised ones of rank 0, also in the process that
     launched them (``ddp_spawn``).
     """
+    validate_config(cfg)
+    output_dir = Path(cfg.output_dir)
+    ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), output_dir)
+    check_writable(output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module, trainer = build(cfg)
+    datamodule: MNISTDataModule = instantiate(cfg.dataset)
+    datamodule.prepare_data()  # fail on missing or damaged data before the Trainer is even built
+    datamodule, module, trainer = build(cfg, datamodule)
     refuse_reexecution_in_multirun(trainer)
-    datamodule.prepare_data()  # fail on missing data before any training starts
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    status, reason = "completed", ""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except TrainingDiverged as error:
+        status, reason = "diverged", str(error)
+    except BaseException as error:
+        interruption = interruption_of(error, trainer)
+        if interruption is None:
+            raise
+        raise interruption from None
     metrics = trainer.callback_metrics
     device = trainer.strategy.root_device
     return RunResult(
-        status="completed",
-        train_loss=float(metrics["train/loss"]),
-        train_acc=float(metrics["train/acc"]),
-        test_acc=float(metrics["test/acc"]),
-        examples_per_second=float(metrics[THROUGHPUT_KEY]),
+        status=status,
+        train_loss=float(metrics.get("train/loss", math.nan)),
+        train_acc=float(metrics.get("train/acc", math.nan)),
+        test_acc=float(metrics.get("test/acc", math.nan)),
+        examples_per_second=float(metrics.get(THROUGHPUT_KEY, math.nan)),
         device=f"{trainer.world_size} x {device.type}" if trainer.world_size > 1 else str(device),
-        output_dir=Path(cfg.output_dir),
+        output_dir=output_dir,
+        reason=reason,
     )

@@ -24,7 +24,7 @@ def test_training_run_writes_checkpoint_events_and_summary(run_cli, tmp_path: Pa
     assert done.returncode == 0, done.stderr[-3000:]
 
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["epoch"] == EPOCHS  # epochs completed when it was saved
+    assert checkpoint["epoch"] == EPOCHS - 1  # saved after every epoch: the 0-based index of the last one
     restored = LeNetClassifier(**checkpoint["hyper_parameters"])
     restored.load_state_dict(checkpoint["state_dict"])
 

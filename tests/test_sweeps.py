@@ -71,7 +71,7 @@ def test_lr_sweep_names_runs_and_summarises_them(run_cli, tmp_path: Path) -> Non
 
 
 def test_failed_and_diverged_runs_do_not_stop_the_sweep(run_cli, tmp_path: Path) -> None:
-    # lr=-1 is rejected by SGD at start (failed); lr=1e+30 turns the ReLU net's loss into NaN (diverged).
+    # lr=-1 is rejected by the config check at start (failed); lr=1e+30 turns the ReLU net's loss into NaN (diverged).
     done = run_cli("-m", "lr=-1,1e+30,0.3", *TINY_SWEEP)
     assert done.returncode != 0
     assert "1 of 3 runs failed" in done.stderr
@@ -79,11 +79,11 @@ def test_failed_and_diverged_runs_do_not_stop_the_sweep(run_cli, tmp_path: Path)
     rows = {row["lr"]: row for row in read_summary(sweep_dir)}
     assert [row["status"] for row in read_summary(sweep_dir)] == ["completed", "diverged", "failed"]
 
-    assert rows["-1"]["reason"] == "ValueError: Invalid learning rate: -1"
+    assert rows["-1"]["reason"] == "UserError: lr=-1 is not allowed: lr must be a number > 0"
     assert rows["1e+30"]["best_test_acc"] == "" and rows["1e+30"]["best_epoch"] == ""
     assert math.isnan(float(json.loads((sweep_dir / rows["1e+30"]["run"] / "result.json").read_text())["train_loss"]))
     assert float(rows["0.3"]["test_acc"]) > 0.15  # ran after the failure, and learned
-    assert "failed: ValueError: Invalid learning rate: -1" in (sweep_dir / "summary.md").read_text()
+    assert "failed: UserError: lr=-1 is not allowed" in (sweep_dir / "summary.md").read_text()
     assert_png(sweep_dir / "sweep_test_acc.png")
 
 
