@@ -56,7 +56,8 @@ def predict_test_set(module: L.LightningModule, datamodule: MNISTDataModule) -> 
 
 def confusion_matrix(predictions: TestPredictions, num_classes: int) -> Tensor:
     """Counts of (true class, predicted class) pairs; rows are true classes."""
-    metric = MulticlassConfusionMatrix(num_classes).to(predictions.predicted.device)
+    # Every process holds the whole test set here: syncing across processes would wait for ranks that never call it.
+    metric = MulticlassConfusionMatrix(num_classes, sync_on_compute=False).to(predictions.predicted.device)
     metric.update(predictions.predicted, predictions.labels)
     return metric.compute().cpu()
 
@@ -121,6 +122,7 @@ class ErrorAnalysis(L.Callback):
         self.analyse(trainer, pl_module)
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is a broadcast: every rank asks
         if not trainer.is_global_zero:
             return
         datamodule: MNISTDataModule = trainer.datamodule
@@ -130,12 +132,10 @@ class ErrorAnalysis(L.Callback):
         accuracy = float(self.confusion.diag().sum() / self.confusion.sum())
         title = f"{datamodule.dataset_class.__name__} test set: accuracy {accuracy:.4f}"
         mistakes = predictions.most_confident_mistakes(self.num_examples)
-        images = datamodule.splits["test"][0]
-        figures = {
-            CONFUSION_TAG: confusion_figure(self.confusion, class_names, title),
-            MISCLASSIFIED_TAG: mistakes_figure(images, mistakes, predictions, class_names),
-        }
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        figures = {CONFUSION_TAG: confusion_figure(self.confusion, class_names, title)}
+        if len(mistakes):  # a perfect score leaves no mistakes to show
+            images = datamodule.splits["test"][0]
+            figures[MISCLASSIFIED_TAG] = mistakes_figure(images, mistakes, predictions, class_names)
         folder.mkdir(parents=True, exist_ok=True)
         self.saved = []
         for tag, figure in figures.items():
