@@ -19,7 +19,7 @@ from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.throughput import EpochTimer
 
 REPORTED_METRICS = ("train/loss", "train/acc", "test/acc")
-HPARAM_SECTIONS = ("dataset", "model", "optimizer")
+HPARAM_SECTIONS = ("dataset", "model", "optimizer", "scheduler", "augment")
 
 
 @dataclass
@@ -56,6 +56,8 @@ def build(cfg: DictConfig) -> tuple[MNISTDataModule, LeNetClassifier, L.Trainer]
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         num_classes=len(datamodule.classes),
         class_names=datamodule.classes,
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        augment=OmegaConf.to_container(cfg.augment, resolve=True),
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     logger = instantiate(cfg.logger)
