@@ -10,16 +10,14 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lenet_lightning.augment import shift_and_flip
+from lenet_lightning.errors import UserError
 from lenet_lightning.model import LeNet
 
-# Learning-rate schedules by config name; each is stepped once per optimizer step over the whole run.
+# Learning-rate schedules by config name, with the argument that takes the run's length in optimizer steps:
+# each is stepped once per batch, over the whole run.
 SCHEDULERS = {
-    "cosine": lambda optimizer, total_steps, **kwargs: torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=total_steps, **kwargs
-    ),
-    "onecycle": lambda optimizer, total_steps, **kwargs: torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, total_steps=total_steps, **kwargs
-    ),
+    "cosine": (torch.optim.lr_scheduler.CosineAnnealingLR, "T_max"),
+    "onecycle": (torch.optim.lr_scheduler.OneCycleLR, "total_steps"),
 }
 
 
@@ -46,7 +44,10 @@ class LeNetClassifier(L.LightningModule):
         self.save_hyperparameters()
         schedule_name = (scheduler or {}).get("name", "none")
         if schedule_name != "none" and schedule_name not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {schedule_name!r}; choose none or one of {sorted(SCHEDULERS)}")
+            raise UserError(
+                f"unknown scheduler.name {schedule_name!r}; use scheduler=none, "
+                + ", ".join(f"scheduler={name}" for name in sorted(SCHEDULERS))
+            )
         self.net = LeNet(**net, num_classes=num_classes)
         # Argument validation and NaN checks in the metrics cost a host sync per step; the inputs here
         # are our own logits and labels, so both are off.
@@ -109,6 +110,7 @@ class LeNetClassifier(L.LightningModule):
         name = schedule.pop("name", "none")
         if name == "none":
             return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = SCHEDULERS[name](optimizer, total_steps, **schedule)
+        scheduler_class, length_argument = SCHEDULERS[name]
+        schedule[length_argument] = int(self.trainer.estimated_stepping_batches)
+        scheduler = scheduler_class(optimizer, **schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

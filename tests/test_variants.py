@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lenet_lightning.augment import shift_and_flip
+from lenet_lightning.errors import UserError
 from lenet_lightning.model import LeNet
 from lenet_lightning.pipeline import build, fit
 
@@ -86,6 +87,12 @@ def test_scheduler_shapes_the_learning_rate_over_the_run(name: str, make_config:
         assert set(recorder.lrs) == {0.2}
     else:
         assert recorder.lrs[-1] < 0.01, "annealed to almost zero by the last step"
+
+
+def test_unknown_scheduler_is_a_user_error_naming_the_choices(make_config: Callable) -> None:
+    """A ``UserError`` is printed by the command line as one line, before any training."""
+    with pytest.raises(UserError, match=r"scheduler.name 'linear'; use scheduler=none, scheduler=cosine, "):
+        build(make_config("scheduler.name=linear"))
 
 
 @pytest.mark.parametrize("max_shift,hflip", [(2, False), (2, True), (0, True)])
