@@ -31,7 +31,10 @@ class TensorBatches:
     uint8 images are scaled to float32 in [0, 1] one batch at a time, on whatever device they live on.
     With ``generator`` set, each pass draws a new permutation from it (so the order changes every epoch
     and resumes exactly when the generator state is restored). ``rank``/``world_size`` give each process
-    of a distributed run its own disjoint, equally long share of every epoch.
+    of a distributed run its own disjoint share of every pass: every process holds the same generator
+    state, so all draw the same permutation and take every ``world_size``-th index of it. Shuffled
+    (training) shares are padded by wrapping around to equal length, so all processes take the same
+    number of optimizer steps; evaluation shares are not, so every test example is counted exactly once.
     """
 
     def __init__(
@@ -49,7 +52,10 @@ class TensorBatches:
         self.rank, self.world_size = rank, world_size
 
     def _shard_size(self) -> int:
-        return math.ceil(len(self.labels) / self.world_size)
+        n = len(self.labels)
+        if self.generator is not None:
+            return math.ceil(n / self.world_size)
+        return len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
         return math.ceil(self._shard_size() / self.batch_size)
@@ -57,11 +63,14 @@ class TensorBatches:
     def indices(self) -> Tensor:
         """This pass's example indices for this rank (drawing a fresh permutation when shuffling)."""
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.generator is not None else torch.arange(n)
-        if self.world_size > 1:
-            # Pad by wrapping around so every rank gets the same number of batches, like DistributedSampler.
-            total = self._shard_size() * self.world_size
-            order = torch.cat([order, order[: total - n]])[self.rank :: self.world_size]
+        if self.generator is None:
+            order = torch.arange(self.rank, n, self.world_size)
+        else:
+            order = torch.randperm(n, generator=self.generator)
+            if self.world_size > 1:
+                # Pad by wrapping around so every rank gets the same number of batches, like DistributedSampler.
+                total = self._shard_size() * self.world_size
+                order = torch.cat([order, order[: total - n]])[self.rank :: self.world_size]
         return order.to(self.images.device)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -161,11 +170,9 @@ class MNISTDataModule(L.LightningDataModule):
         self.splits["test"] = (test_images.to(device), test_labels.to(device))
 
     def _device(self) -> torch.device:
-        """Where batches are built: on the GPU when training there, so no step copies data from the host."""
+        """Where the splits live and batches are built: the training device, so no step copies from the host."""
         trainer = self.trainer
-        if trainer is not None and trainer.strategy.root_device.type == "cuda":
-            return trainer.strategy.root_device
-        return torch.device("cpu")
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _batches(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
         images, labels = self.splits[split]
@@ -191,3 +198,14 @@ class MNISTDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.shuffle_generator.set_state(state_dict["shuffle_generator"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the generator's state as bytes: ddp_spawn sends the DataModule to each process through shared
+        memory, where a ``torch.Generator`` (whose pickled state is a temporary tensor) arrives broken
+        ("unable to resize file")."""
+        return {**self.__dict__, "shuffle_generator": self.shuffle_generator.get_state().numpy().tobytes()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator = torch.Generator()
+        generator.set_state(torch.frombuffer(bytearray(state["shuffle_generator"]), dtype=torch.uint8))
+        self.__dict__.update({**state, "shuffle_generator": generator})

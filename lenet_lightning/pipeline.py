@@ -9,16 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
 from lenet_lightning.data import MNISTDataModule
+from lenet_lightning.launch_guard import refuse_reexecution_in_multirun
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.throughput import EpochTimer
 
 REPORTED_METRICS = ("train/loss", "train/acc", "test/acc")
+THROUGHPUT_KEY = "examples_per_second"
 HPARAM_SECTIONS = ("dataset", "model", "optimizer", "scheduler", "augment")
 
 
@@ -39,13 +42,22 @@ class RunResult:
         path.write_text(json.dumps({**asdict(self), "output_dir": str(self.output_dir)}, indent=2) + "\n")
 
     def summary_lines(self) -> list[str]:
+        folder = display_path(self.output_dir)
         return [
             f"loss {self.train_loss:.3f}, train acc {self.train_acc:.3f}, test acc {self.test_acc:.3f}",
             f"{self.examples_per_second:.1f} examples/sec on {self.device} "
             "(wall clock of the training epochs, per-epoch test evaluation included)",
-            f"run folder: {self.output_dir}",
-            f"view the curves: tensorboard --logdir {self.output_dir}",
+            f"run folder: {folder}",
+            f"view the curves: tensorboard --logdir {folder}",
         ]
+
+
+def display_path(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (what users type), else absolute."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def build(cfg: DictConfig) -> tuple[MNISTDataModule, LeNetClassifier, L.Trainer]:
@@ -58,8 +70,10 @@ def build(cfg: DictConfig) -> tuple[MNISTDataModule, LeNetClassifier, L.Trainer]
         class_names=datamodule.classes,
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         augment=OmegaConf.to_container(cfg.augment, resolve=True),
+        compile_mode=cfg.compile,
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    callbacks.append(RunReport(hparams_of(cfg)))
     logger = instantiate(cfg.logger)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     return datamodule, module, trainer
@@ -88,23 +102,48 @@ def write_hparams_session(logger: TensorBoardLogger, params: dict[str, Any]) -> 
     writer.flush()
 
 
+class RunReport(L.Callback):
+    """The parts of the report made inside the training process(es), on rank 0 only.
+
+    Registers the HPARAMS session when training starts (so interrupted runs show up too), and puts the
+    throughput into ``callback_metrics``: with ``ddp_spawn`` those metrics are all that returns to the
+    process that called ``fit``, while the callbacks' own state stays behind in the spawned processes.
+    """
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    write_hparams_session(logger, self.params)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        timer = next(callback for callback in trainer.callbacks if isinstance(callback, EpochTimer))
+        # Each process times its own share of the data; together they train world_size times as many examples.
+        trainer.callback_metrics[THROUGHPUT_KEY] = torch.tensor(timer.examples_per_second * trainer.world_size)
+
+
 def fit(cfg: DictConfig) -> RunResult:
-    """Seed, build, train with per-epoch test evaluation, and return the final metrics."""
+    """Seed, build, train with per-epoch test evaluation, and return the final metrics.
+
+    With several processes the metrics are the synchronised ones of rank 0, also in the process that
+    launched them (``ddp_spawn``).
+    """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
+    refuse_reexecution_in_multirun(trainer)
     datamodule.prepare_data()  # fail on missing data before any training starts
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            write_hparams_session(logger, hparams_of(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = trainer.callback_metrics
-    timer = next(callback for callback in trainer.callbacks if isinstance(callback, EpochTimer))
+    device = trainer.strategy.root_device
     return RunResult(
         status="completed",
         train_loss=float(metrics["train/loss"]),
         train_acc=float(metrics["train/acc"]),
         test_acc=float(metrics["test/acc"]),
-        examples_per_second=timer.examples_per_second,
-        device=str(trainer.strategy.root_device),
+        examples_per_second=float(metrics[THROUGHPUT_KEY]),
+        device=f"{trainer.world_size} x {device.type}" if trainer.world_size > 1 else str(device),
         output_dir=Path(cfg.output_dir),
     )

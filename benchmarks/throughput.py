@@ -1,0 +1,255 @@
+"""Training throughput of the recipe (classic LeNet, batch 256, lr 0.9) in three pipelines, in one process.
+
+    python -m benchmarks.throughput --data-dir ../shared/datasets --epochs 5 --rounds 3 --json results.json
+
+- seed:    the original pipeline: torchvision dataset with per-image ToTensor, DataLoader with 4 workers,
+           a plain PyTorch loop.
+- floor:   a plain PyTorch loop over in-memory tensors, no framework.
+- project: ``lenet_lightning``'s own Trainer path with the settings ``python -m lenet_lightning.train`` uses
+           (TensorBoard logger, progress bar, checkpoint after every epoch).
+
+Each figure is training examples per second of wall clock over the training epochs, each epoch's test-set
+evaluation included (data loading, start-up and model building excluded, for all three alike). Rounds run
+the pipelines interleaved (seed, floor, project, seed, ...) after a one-epoch warm-up round, so machine
+noise hits all of them alike; the table shows medians over rounds.
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from lenet_lightning.data import DATASETS
+from lenet_lightning.model import LeNet
+from lenet_lightning.pipeline import fit
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+LR, BATCH_SIZE = 0.9, 256
+ACCURACY_TOLERANCE = 0.05  # sigmoid LeNet's escape from the plateau shifts with the seed's shuffling
+
+
+@dataclass
+class Measurement:
+    pipeline: str
+    examples_per_second: float
+    test_acc: float
+
+
+def train_epochs_plain(
+    model: torch.nn.Module,
+    train_batches: Callable[[], object],
+    test_batches: Callable[[], object],
+    epochs: int,
+    device: torch.device,
+) -> tuple[float, int, float]:
+    """The recipe's plain loop (SGD, summed loss and correct counts); returns (seconds, examples, test acc).
+
+    Batches are moved to ``device`` as they come (a no-op for batches already there).
+    """
+    model = model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    seconds, examples, test_acc = 0.0, 0, 0.0
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        for images, labels in train_batches():
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad()
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += loss.detach() * len(labels)
+                correct += (logits.argmax(1) == labels).sum()
+            examples += len(labels)
+        model.eval()
+        hits, total = 0, 0
+        with torch.no_grad():
+            for images, labels in test_batches():
+                images, labels = images.to(device), labels.to(device)
+                hits += int((model(images).argmax(1) == labels).sum())
+                total += len(labels)
+        test_acc = hits / total
+        seconds += time.perf_counter() - start
+    return seconds, examples, test_acc
+
+
+def run_seed(data_dir: Path, dataset: str, epochs: int, seed: int, accelerator: str = "cpu") -> Measurement:
+    torch.manual_seed(seed)
+    dataset_class = DATASETS[dataset]
+    to_tensor = transforms.ToTensor()
+    train = dataset_class(str(data_dir), train=True, transform=to_tensor)
+    test = dataset_class(str(data_dir), train=False, transform=to_tensor)
+    with warnings.catch_warnings():  # 4 workers on fewer cores is the recipe's setting, warned about by torch
+        warnings.filterwarnings("ignore", message="This DataLoader will create 4 worker processes")
+        train_loader = DataLoader(train, batch_size=BATCH_SIZE, shuffle=True, num_workers=4)
+        test_loader = DataLoader(test, batch_size=BATCH_SIZE, shuffle=False, num_workers=4)
+        seconds, examples, test_acc = train_epochs_plain(
+            LeNet(), lambda: train_loader, lambda: test_loader, epochs, torch_device(accelerator)
+        )
+    return Measurement("seed", examples / seconds, test_acc)
+
+
+def run_floor(data_dir: Path, dataset: str, epochs: int, seed: int, accelerator: str = "cpu") -> Measurement:
+    torch.manual_seed(seed)
+    device = torch_device(accelerator)
+    dataset_class = DATASETS[dataset]
+    train = dataset_class(str(data_dir), train=True)
+    test = dataset_class(str(data_dir), train=False)
+    train_images, train_labels = train.data.to(device), train.targets.to(device)
+    test_images, test_labels = (test.data.unsqueeze(1).float() / 255).to(device), test.targets.to(device)
+
+    def train_batches():
+        for batch in torch.randperm(len(train_labels), device=device).split(BATCH_SIZE):
+            yield train_images[batch].unsqueeze(1).float() / 255, train_labels[batch]
+
+    def test_batches():
+        return zip(test_images.split(1000), test_labels.split(1000), strict=True)
+
+    seconds, examples, test_acc = train_epochs_plain(LeNet(), train_batches, test_batches, epochs, device)
+    return Measurement("floor", examples / seconds, test_acc)
+
+
+def run_project(
+    data_dir: Path, dataset: str, epochs: int, seed: int, accelerator: str = "cpu", overrides: tuple[str, ...] = ()
+) -> Measurement:
+    with tempfile.TemporaryDirectory() as output_dir:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(
+                config_name="train",
+                overrides=[
+                    f"data_dir={data_dir}",
+                    f"dataset={dataset}",
+                    f"epochs={epochs}",
+                    f"seed={seed}",
+                    f"accelerator={accelerator}",
+                    *overrides,
+                ],
+            )
+        with open_dict(cfg):
+            cfg.output_dir = output_dir
+        result = fit(cfg)
+    return Measurement("project", result.examples_per_second, result.test_acc)
+
+
+PIPELINES = {"seed": run_seed, "floor": run_floor, "project": run_project}
+
+
+def torch_device(accelerator: str) -> torch.device:
+    return torch.device("cuda" if accelerator == "gpu" else "cpu")
+
+
+def benchmark(
+    data_dir: Path,
+    dataset: str,
+    epochs: int,
+    rounds: int,
+    accelerator: str = "cpu",
+    project_overrides: tuple[str, ...] = (),
+    seed: int = 0,
+) -> dict[str, list[Measurement]]:
+    """Warm up each pipeline for one epoch, then run ``rounds`` interleaved rounds of ``epochs`` each."""
+    pipelines: dict[str, Callable[..., Measurement]] = {
+        "seed": lambda *args: run_seed(*args, accelerator=accelerator),
+        "floor": lambda *args: run_floor(*args, accelerator=accelerator),
+        "project": lambda *args: run_project(*args, accelerator=accelerator, overrides=project_overrides),
+    }
+    for run in pipelines.values():
+        run(data_dir, dataset, 1, seed)
+    measurements: dict[str, list[Measurement]] = {name: [] for name in pipelines}
+    for round_index in range(rounds):
+        for name, run in pipelines.items():
+            measurement = run(data_dir, dataset, epochs, seed + round_index)
+            measurements[name].append(measurement)
+            print(
+                f"round {round_index + 1}/{rounds} {name:8s} {measurement.examples_per_second:9.1f} ex/s "
+                f"test acc {measurement.test_acc:.3f}",
+                flush=True,
+            )
+    return measurements
+
+
+def summarize(measurements: dict[str, list[Measurement]]) -> dict[str, dict[str, float]]:
+    table = {
+        name: {
+            "examples_per_second": statistics.median(m.examples_per_second for m in runs),
+            "test_acc": statistics.median(m.test_acc for m in runs),
+        }
+        for name, runs in measurements.items()
+    }
+    for row in table.values():
+        row["vs_seed"] = row["examples_per_second"] / table["seed"]["examples_per_second"]
+        row["vs_floor"] = row["examples_per_second"] / table["floor"]["examples_per_second"]
+    return table
+
+
+def accuracy_comparable(table: dict[str, dict[str, float]]) -> bool:
+    accuracies = [row["test_acc"] for row in table.values()]
+    return max(accuracies) - min(accuracies) <= ACCURACY_TOLERANCE
+
+
+def format_table(table: dict[str, dict[str, float]]) -> str:
+    lines = ["| pipeline | examples/sec | vs seed | vs floor | test acc |", "|---|---:|---:|---:|---:|"]
+    for name, row in table.items():
+        lines.append(
+            f"| {name} | {row['examples_per_second']:.0f} | {row['vs_seed']:.2f}x | {row['vs_floor']:.2f}x "
+            f"| {row['test_acc']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder holding MNIST/raw or FashionMNIST/raw")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="where all three pipelines train")
+    parser.add_argument(
+        "--project-override", action="append", default=[], help="extra Hydra override for the project pipeline"
+    )
+    parser.add_argument("--json", type=Path, help="also write the table and every round's numbers here")
+    args = parser.parse_args()
+
+    measurements = benchmark(
+        args.data_dir, args.dataset, args.epochs, args.rounds, args.accelerator, tuple(args.project_override)
+    )
+    table = summarize(measurements)
+    comparable = accuracy_comparable(table)
+    device = torch.cuda.get_device_name() if args.accelerator == "gpu" else f"cpu, {torch.get_num_threads()} threads"
+    overrides = " ".join(args.project_override) or "none"
+    print(
+        f"\n{args.dataset}, {args.epochs} epochs, median of {args.rounds} rounds, {device}, "
+        f"project overrides: {overrides}\n{format_table(table)}"
+    )
+    print(f"accuracy check (spread <= {ACCURACY_TOLERANCE}): {'ok' if comparable else 'FAILED'}")
+    if args.json:
+        rounds = {name: [asdict(m) for m in runs] for name, runs in measurements.items()}
+        payload = {
+            "config": vars(args) | {"data_dir": str(args.data_dir), "json": str(args.json), "device": device},
+            "table": table,
+            "rounds": rounds,
+            "accuracy_comparable": comparable,
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    if not comparable:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

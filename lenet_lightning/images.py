@@ -1,0 +1,154 @@
+"""User pictures -> 28 x 28 grayscale tensors that look like the data set's images.
+
+The data sets' images are bright content on a black background, cropped to the content and scaled
+into a fixed box: MNIST digits fit a 20 x 20 box centred by their centre of mass in the 28 x 28 field;
+Fashion-MNIST products have their longest side scaled to 28 and are centred. Pictures of any size and
+colour mode are brought into the same form, so a photo of a digit on white paper is classified like a
+test image.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from lenet_lightning.errors import UserError
+
+SIZE = 28
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+BRIGHT_BACKGROUND = 128  # a border brighter than this (0..255) means dark content on a light background
+
+
+@dataclass(frozen=True)
+class ImageStyle:
+    """How a data set's images were made from the originals."""
+
+    box: int  # the longest side of the content, in pixels
+    centre_of_mass: bool  # centred by centre of mass (MNIST) rather than by its bounding box
+    threshold: float  # pixels brighter than this fraction of the brightest one count as content
+
+
+STYLES = {
+    "mnist": ImageStyle(box=20, centre_of_mass=True, threshold=0.2),
+    # Products include dim parts (a white shirt is dark once negated), so a lower threshold keeps them.
+    "fashion": ImageStyle(box=SIZE, centre_of_mass=False, threshold=0.05),
+}
+
+
+@dataclass
+class LoadedImages:
+    """The pictures that could be read (as an N x 1 x 28 x 28 batch in [0, 1]) and those that could not."""
+
+    paths: list[Path]
+    images: Tensor
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def parse_invert(value: object) -> bool | None:
+    """``auto`` -> None (decide per picture), ``true``/``false`` -> always/never invert."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() == "auto":
+        return None
+    raise UserError(f"invert={value} is not one of auto, true, false")
+
+
+def find_images(inputs: str | Sequence[str]) -> list[Path]:
+    """Files named in ``inputs`` plus the picture files (.png, .jpg, .jpeg, .bmp) in folders named there."""
+    entries = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    if not entries:
+        raise UserError("no inputs given: pass inputs=picture.png, inputs=some/folder or inputs=[a.png,b.jpg]")
+    paths: list[Path] = []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"no {', '.join(IMAGE_SUFFIXES)} files in folder {path}")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"no such file or folder: {path}")
+    return paths
+
+
+def flatten_transparency(image: Image.Image) -> Image.Image:
+    """Transparent pixels become white, as if the picture were drawn on paper."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    return image
+
+
+def to_dataset_image(image: Image.Image, style: ImageStyle, invert: bool | None = None) -> np.ndarray:
+    """One picture -> a 28 x 28 uint8 array with bright content centred on a black background.
+
+    ``invert=None`` inverts pictures whose border is bright (dark-on-light, such as ink on paper).
+    """
+    pixels = np.asarray(flatten_transparency(ImageOps.exif_transpose(image)).convert("L"), dtype=np.float32)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if invert is None:
+        invert = bool(np.median(border) > BRIGHT_BACKGROUND)
+    if invert:
+        pixels, border = 255 - pixels, 255 - border
+    pixels = np.clip(pixels - np.median(border), 0, 255)  # a grey paper background becomes black
+    brightest = pixels.max()
+    if brightest == 0:
+        return np.zeros((SIZE, SIZE), dtype=np.uint8)
+    pixels = pixels * (255 / brightest)  # both data sets' images span the full range up to white
+    rows, cols = np.nonzero(pixels > style.threshold * 255)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    scale = style.box / max(bottom - top, right - left)
+    if style.centre_of_mass:
+        content = pixels[top:bottom, left:right]
+        ys, xs = np.indices(content.shape)
+        centre_y = top + (ys * content).sum() / content.sum() + 0.5
+        centre_x = left + (xs * content).sum() / content.sum() + 0.5
+        target = SIZE / 2 + 0.5  # MNIST's centres of mass sit on pixel 14
+    else:
+        centre_y, centre_x, target = (top + bottom) / 2, (left + right) / 2, SIZE / 2
+    return resample(pixels, scale, centre_y, centre_x, target)
+
+
+def resample(pixels: np.ndarray, scale: float, centre_y: float, centre_x: float, target: float) -> np.ndarray:
+    """Scale the picture by ``scale`` and cut the 28 x 28 window that puts the centre at ``target``.
+
+    Unscaled content moves by whole pixels, so a picture already in the data set's form comes back
+    unchanged instead of blurred by a sub-pixel shift; scaled content is placed exactly. Resizing with a source
+    ``box`` antialiases like a plain resize and never builds the scaled picture in full.
+    """
+    first_row, first_col = centre_y * scale - target, centre_x * scale - target
+    if scale == 1:
+        first_row, first_col = round(first_row), round(first_col)
+    margin = int(np.ceil(SIZE / scale)) + 1  # black border, so the window may reach past the picture's edge
+    padded = np.pad(pixels.astype(np.float32), margin)
+    box = (
+        first_col / scale + margin,
+        first_row / scale + margin,
+        (first_col + SIZE) / scale + margin,
+        (first_row + SIZE) / scale + margin,
+    )
+    window = Image.fromarray(padded, mode="F").resize((SIZE, SIZE), Image.Resampling.LANCZOS, box=box)
+    return np.clip(np.asarray(window), 0, 255).round().astype(np.uint8)
+
+
+def load_images(paths: Sequence[Path], style: ImageStyle, invert: bool | None = None) -> LoadedImages:
+    """Read and convert each picture; unreadable files are listed in ``failures`` and skipped."""
+    arrays, loaded, failures = [], [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                arrays.append(to_dataset_image(image, style, invert))
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            failures.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
+            continue
+        loaded.append(path)
+    images = (
+        torch.from_numpy(np.stack(arrays)).unsqueeze(1).float().div_(255) if arrays else torch.empty(0, 1, SIZE, SIZE)
+    )
+    return LoadedImages(paths=loaded, images=images, failures=failures)

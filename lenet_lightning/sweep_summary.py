@@ -1,0 +1,148 @@
+"""The sweep summary: one table of all runs of a multirun, as CSV, Markdown and on the console, plus plots.
+
+The files are rewritten after every job, not only when the sweep ends: Hydra's basic sweeper re-raises a
+failed job's exception after its batch and then never calls ``on_multirun_end``, so whatever the sweep
+ends with, the summary of the jobs that ran is already on disk. Rows come from the run folders' files
+(``result.json``, overrides, TensorBoard events), so any launcher and any sweeper (Optuna included) work.
+"""
+
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from lenet_lightning.run_records import RunRecord, read_run
+
+STATUS_ORDER = {"completed": 0, "diverged": 1}  # anything else ("failed") sorts last
+CSV_NAME, MARKDOWN_NAME = "summary.csv", "summary.md"
+REASON_WIDTH = 90  # the Markdown table cuts long failure reasons; summary.csv keeps them whole
+CURVES_PLOT_NAME, LR_PLOT_NAME = "sweep_test_acc.png", "sweep_test_acc_vs_lr.png"
+
+
+def collect_runs(sweep_dir: Path, exclude: frozenset[str] = frozenset()) -> list[RunRecord]:
+    """Every job folder of the sweep (one with ``.hydra/overrides.yaml``): completed runs first, best on top."""
+    runs = []
+    for overrides_file in sweep_dir.rglob(".hydra/overrides.yaml"):
+        run = read_run(overrides_file.parent.parent, exclude)
+        run.name = run.path.relative_to(sweep_dir).as_posix()
+        runs.append(run)
+    return sorted(runs, key=sort_key)
+
+
+def sort_key(run: RunRecord) -> tuple[int, float, str]:
+    score = -run.test_acc if math.isfinite(run.test_acc) else math.inf
+    return STATUS_ORDER.get(run.status, len(STATUS_ORDER)), score, run.name
+
+
+def write_csv(runs: list[RunRecord], path: Path) -> None:
+    """One row per run; each overridden key gets its own column, numbers keep full precision."""
+    keys = list(dict.fromkeys(key for run in runs for key in run.overrides))
+    columns = ["run", *keys, "status", "train_loss", "train_acc", "test_acc", "best_test_acc", "best_epoch"]
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow([*columns, "wall_s", "reason"])
+        for run in runs:
+            writer.writerow(
+                [
+                    run.name,
+                    *(run.overrides.get(key, "") for key in keys),
+                    run.status,
+                    *(_csv_number(value) for value in (run.train_loss, run.train_acc, run.test_acc, run.best_test_acc)),
+                    "" if run.best_epoch is None else run.best_epoch,
+                    _csv_number(run.wall_seconds),
+                    run.reason,
+                ]
+            )
+
+
+def markdown_table(runs: list[RunRecord]) -> str:
+    """The table people read: rounded numbers, the failure reason next to the status."""
+    lines = [
+        "| run | status | train loss | train acc | test acc | best test acc (epoch) | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        reason = run.reason if len(run.reason) <= REASON_WIDTH else run.reason[: REASON_WIDTH - 1] + "…"
+        status = f"{run.status}: {reason}" if reason else run.status
+        best = "—" if run.best_epoch is None else f"{run.best_test_acc:.3f} ({run.best_epoch})"
+        cells = [
+            run.name,
+            status,
+            _rounded(run.train_loss),
+            _rounded(run.train_acc),
+            _rounded(run.test_acc),
+            best,
+            _rounded(run.wall_seconds, 1),
+        ]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path, exclude: frozenset[str] = frozenset()) -> list[RunRecord]:
+    """Write ``summary.csv``, ``summary.md`` and the plots into the sweep folder and return the rows."""
+    from lenet_lightning.plots import save_test_acc_curves, save_test_acc_vs_lr
+
+    runs = collect_runs(sweep_dir, exclude)
+    write_csv(runs, sweep_dir / CSV_NAME)
+    (sweep_dir / MARKDOWN_NAME).write_text(f"# Sweep {sweep_dir}\n\n" + markdown_table(runs))
+    save_test_acc_curves(runs, sweep_dir / CURVES_PLOT_NAME)
+    if len({run.overrides["lr"] for run in runs if "lr" in run.overrides}) > 1:
+        save_test_acc_vs_lr(runs, sweep_dir / LR_PLOT_NAME)
+    return runs
+
+
+class SweepSummary(Callback):
+    """Hydra callback: keep the sweep summary up to date after each job and print it when the sweep ends.
+
+    Exits non-zero at the end of a sweep in which any run failed (diverged runs are results, not failures).
+    """
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._started = time.perf_counter()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        runs = write_summary(sweep_dir, _excluded_keys(config))
+        best = runs[0] if runs and runs[0].status == "completed" else None
+        leader = f"best so far {best.name} (test acc {best.test_acc:.3f})" if best else "no completed run yet"
+        print(f"[sweep] {len(runs)} run(s) done, {leader}; table: {sweep_dir / MARKDOWN_NAME}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        runs = write_summary(sweep_dir, _excluded_keys(config))
+        print(f"\nSweep summary, sorted by test acc ({sweep_dir}):\n")
+        print(markdown_table(runs))
+        plots = CURVES_PLOT_NAME + (f", {LR_PLOT_NAME}" if (sweep_dir / LR_PLOT_NAME).exists() else "")
+        elapsed = time.perf_counter() - self._started
+        print(f"{len(runs)} runs in {elapsed:.0f} s; saved {CSV_NAME}, {MARKDOWN_NAME}, {plots}")
+        print(f"compare them: tensorboard --logdir {sweep_dir}", flush=True)
+        failed = [run.name for run in runs if run.status not in STATUS_ORDER]
+        if failed:
+            sys.exit(f"error: {len(failed)} of {len(runs)} runs failed ({', '.join(failed)}); see their rows above")
+
+
+def _excluded_keys(config: DictConfig) -> frozenset[str]:
+    """Keys left out of run names (``hydra.job.config.override_dirname.exclude_keys``) are left out of the table too."""
+    return frozenset(config.hydra.job.config.override_dirname.exclude_keys)
+
+
+def _csv_number(value: float) -> str:
+    return "" if math.isnan(value) else repr(value)
+
+
+def _rounded(value: float, digits: int = 3) -> str:
+    if math.isnan(value):
+        return "—"
+    return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.3g}"

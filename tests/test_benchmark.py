@@ -1,0 +1,33 @@
+"""The throughput benchmark's three pipelines run on tiny data and report what they measure."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.throughput import PIPELINES, accuracy_comparable, format_table, run_project, summarize
+from lenet_lightning.pipeline import fit
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_each_pipeline_trains_and_reports_throughput_and_accuracy(tiny_data_dir: Path, name: str) -> None:
+    measurement = PIPELINES[name](tiny_data_dir, "mnist", 1, 0)
+    assert measurement.pipeline == name
+    assert measurement.examples_per_second > 0 and math.isfinite(measurement.examples_per_second)
+    assert 0.0 <= measurement.test_acc <= 1.0
+
+
+def test_project_pipeline_is_the_normal_training_run(tiny_data_dir: Path, make_config) -> None:
+    benchmarked = run_project(tiny_data_dir, "fashion", 2, 3)
+    normal = fit(make_config("dataset=fashion", "epochs=2", "seed=3", "accelerator=cpu"))
+    assert benchmarked.test_acc == normal.test_acc
+
+
+def test_table_reports_ratios_against_seed_and_floor(tiny_data_dir: Path) -> None:
+    measurements = {name: [run(tiny_data_dir, "mnist", 1, 0)] for name, run in PIPELINES.items()}
+    table = summarize(measurements)
+    assert table["seed"]["vs_seed"] == 1.0 and table["floor"]["vs_floor"] == 1.0
+    project = table["project"]
+    assert project["vs_floor"] == project["examples_per_second"] / table["floor"]["examples_per_second"]
+    assert "| project |" in format_table(table)
+    assert isinstance(accuracy_comparable(table), bool)

@@ -1,0 +1,85 @@
+"""End to end through the real command line on tiny data: run folder, checkpoint, event files, summary."""
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lenet_lightning.module import LeNetClassifier
+
+EPOCHS = 3
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_training_run_writes_checkpoint_events_and_summary(run_cli, tmp_path: Path) -> None:
+    run_dir = tmp_path / "outputs" / "my_run"
+    done = run_cli(f"epochs={EPOCHS}", "accelerator=cpu", "dataset.batch_size=64", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == EPOCHS  # epochs completed when it was saved
+    restored = LeNetClassifier(**checkpoint["hyper_parameters"])
+    restored.load_state_dict(checkpoint["state_dict"])
+
+    curves = scalars(run_dir)
+    for tag in ("train/loss", "train/acc", "test/acc"):
+        assert [step for step, _ in curves[tag]] == list(range(1, EPOCHS + 1)), tag
+
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "completed"
+    assert result["test_acc"] == curves["test/acc"][-1][1]
+    assert result["train_acc"] == curves["train/acc"][-1][1]
+
+    summary = re.search(r"^loss (\d\.\d{3}), train acc (\d\.\d{3}), test acc (\d\.\d{3})$", done.stdout, re.M)
+    assert summary, done.stdout
+    assert float(summary[3]) == round(curves["test/acc"][-1][1], 3)
+    assert re.search(r"^\d+\.\d examples/sec on cpu \(wall clock", done.stdout, re.M)
+    assert "tensorboard --logdir outputs/my_run\n" in done.stdout  # relative to the working directory
+
+
+def test_hparams_tab_lists_the_run_with_test_accuracy(run_cli, tmp_path: Path) -> None:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run_dir = tmp_path / "hp_run"
+    done = run_cli("epochs=1", "lr=0.3", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert "test/acc" in [metric.name.tag for metric in experiment.metric_infos]
+    assert session.hparams["lr"].number_value == 0.3
+    assert session.hparams["dataset.name"].string_value == "mnist"
+
+
+def test_same_seed_twice_gives_identical_metrics(run_cli, tmp_path: Path) -> None:
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for run_dir in runs:
+        done = run_cli("epochs=1", "seed=0", "lr=0.3", f"hydra.run.dir={run_dir}")
+        assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (scalars(run_dir) for run_dir in runs)
+    assert first == second
+    assert set(first) >= {"train/loss", "train/acc", "test/acc"}
+
+
+def test_different_seeds_give_different_curves(run_cli, tmp_path: Path) -> None:
+    runs = {seed: tmp_path / f"seed{seed}" for seed in (0, 1)}
+    for seed, run_dir in runs.items():
+        assert run_cli("epochs=1", f"seed={seed}", f"hydra.run.dir={run_dir}").returncode == 0
+    assert scalars(runs[0])["train/loss"] != scalars(runs[1])["train/loss"]
+
+
+def test_missing_data_is_one_line_and_exit_2(run_cli, tmp_path: Path) -> None:
+    done = run_cli("dataset=fashion", f"hydra.run.dir={tmp_path / 'r'}", data_dir=tmp_path / "empty", timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: FashionMNIST files could not be downloaded"), done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,76 @@
+"""The real Hydra configs compose and instantiate for every option, and the README's CLI lines mean what they say."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from lenet_lightning.data import MNISTDataModule
+from lenet_lightning.pipeline import build
+from tests.conftest import CONFIG_DIR
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["dataset", "model", "optimizer", "trainer", "callbacks", "logger"])
+def test_every_option_of_every_group_composes_and_builds(make_config, group: str) -> None:
+    for option in options(group):
+        cfg = make_config(f"{group}={option}", "accelerator=cpu")
+        datamodule, _, trainer = build(cfg)
+        assert isinstance(datamodule, MNISTDataModule)
+        assert trainer.max_epochs == cfg.epochs
+
+
+def test_defaults_are_the_recipe(make_config) -> None:
+    cfg = make_config()
+    assert (cfg.lr, cfg.epochs, cfg.accelerator, cfg.seed) == (0.9, 10, "auto", 0)
+    assert cfg.dataset.name == "mnist" and cfg.dataset.batch_size == 256 and cfg.dataset.val_size == 0
+    assert dict(cfg.model) == {"activation": "sigmoid", "pooling": "avg", "batch_norm": False, "dropout": 0.0}
+    assert cfg.optimizer.lr == 0.9 and cfg.optimizer.momentum == 0.0 and cfg.optimizer.weight_decay == 0.0
+    assert cfg.trainer.max_epochs == 10 and cfg.trainer.accelerator == "auto"
+
+
+def test_fashion_changes_only_the_data_set(make_config) -> None:
+    mnist, fashion = make_config(), make_config("dataset=fashion")
+    assert fashion.dataset.name == "fashion"
+    assert {**fashion.dataset, "name": "mnist"} == {**mnist.dataset}
+
+
+def test_short_keys_feed_the_nested_configs(make_config) -> None:
+    cfg = make_config("dataset=fashion", "lr=0.5", "epochs=20", "accelerator=cpu", "seed=3")
+    assert cfg.optimizer.lr == 0.5
+    assert cfg.trainer.max_epochs == 20 and cfg.trainer.accelerator == "cpu"
+    assert cfg.dataset.seed == 3
+    datamodule, module, trainer = build(cfg)
+    assert datamodule.name == "fashion" and datamodule.seed == 3
+    assert module.hparams.optimizer["lr"] == 0.5
+    assert trainer.max_epochs == 20
+
+
+def test_nested_keys_stay_available(make_config) -> None:
+    cfg = make_config("trainer.max_epochs=3", "dataset.batch_size=128")
+    datamodule, _, trainer = build(cfg)
+    assert trainer.max_epochs == 3 and datamodule.batch_size == 128
+
+
+def test_data_dir_comes_from_lenet_data_dir_else_data(monkeypatch, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    for env, expected in ((str(tmp_path), str(tmp_path)), (None, "data")):
+        if env is None:
+            monkeypatch.delenv("LENET_DATA_DIR", raising=False)
+        else:
+            monkeypatch.setenv("LENET_DATA_DIR", env)
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="train")
+        assert cfg.dataset.data_dir == expected
+
+
+def test_outputs_go_under_the_run_folder(make_config, tmp_path: Path) -> None:
+    cfg = make_config()
+    logger = instantiate(cfg.logger)
+    assert Path(logger.log_dir) == tmp_path / "run"
+    assert cfg.callbacks.model_checkpoint.dirpath == str(tmp_path / "run" / "checkpoints")
+    assert cfg.trainer.default_root_dir == str(tmp_path / "run")

@@ -1,0 +1,102 @@
+"""eval on real checkpoints of a real training run: same test acc as the run logged, a per-class table, clear errors."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lenet_lightning.checkpoint_loading import CheckpointError, load_checkpoint
+from lenet_lightning.eval import evaluate
+from tests.conftest import TINY_TEST, cli_env
+
+EPOCHS = 2
+
+
+def run_module(module: str, *args: str, cwd: Path, data_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=cli_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short training run through the real CLI: run folder with .hydra/, event file and checkpoints/last.ckpt."""
+    folder = tmp_path_factory.mktemp("eval") / "run"
+    done = run_module(
+        "lenet_lightning.train",
+        f"epochs={EPOCHS}",
+        "accelerator=cpu",
+        f"hydra.run.dir={folder}",
+        cwd=folder.parent,
+        data_dir=tiny_data_dir,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def logged_test_acc(folder: Path) -> float:
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return accumulator.Scalars("test/acc")[-1].value
+
+
+def test_eval_cli_reproduces_the_runs_test_accuracy_with_a_per_class_table(run_dir: Path, tiny_data_dir: Path) -> None:
+    done = run_module(
+        "lenet_lightning.eval", f"ckpt_path={run_dir}/checkpoints/last.ckpt", cwd=run_dir.parent, data_dir=tiny_data_dir
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run_dir / "eval" / "last" / "eval.json").read_text())
+    assert report["test_acc"] == logged_test_acc(run_dir)  # same float32 value, not merely close
+    assert report["dataset"] == "mnist" and report["test_examples"] == TINY_TEST
+    assert sum(row["total"] for row in report["per_class"]) == TINY_TEST
+    assert f"test acc {report['test_acc']:.4f} on {TINY_TEST} test images" in done.stdout
+    for row in report["per_class"]:
+        line = rf"^{re.escape(row['class'])} +{row['correct']} +{row['total']} +{row['accuracy']:.4f}$"
+        assert re.search(line, done.stdout, re.M), line
+    assert "0 - zero" in done.stdout and "9 - nine" in done.stdout
+
+
+def test_checkpoint_outside_its_run_folder_is_recognised_by_its_class_names(
+    run_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    alone = tmp_path / "shared" / "model.ckpt"
+    alone.parent.mkdir()
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", alone)
+    result = evaluate(str(alone), data_dir=str(tiny_data_dir), accelerator="cpu")
+    assert result["dataset"] == "mnist"
+    assert result["test_acc"] == logged_test_acc(run_dir)
+    assert Path(result["output_dir"]) == tmp_path / "shared" / "eval" / "model"
+
+
+def test_run_folder_as_ckpt_path_means_its_last_checkpoint(run_dir: Path) -> None:
+    assert load_checkpoint(str(run_dir)).path == run_dir / "checkpoints" / "last.ckpt"
+
+
+def test_invalid_checkpoints_get_a_message_naming_the_problem(tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(b"not a checkpoint")
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"weights": torch.zeros(3)}, plain)
+    untrusted = tmp_path / "untrusted.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": Path("x")}}, untrusted)
+    expected = {
+        None: "no checkpoint given",
+        str(tmp_path / "missing.ckpt"): "checkpoint not found: .*missing.ckpt; pass ckpt_path=outputs/runs/",
+        str(truncated): "is not a PyTorch checkpoint",
+        str(plain): "has no model weights and hyper-parameters",
+        str(untrusted): "holds Python objects that weights_only=True loading refuses",
+    }
+    for ckpt_path, message in expected.items():
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(ckpt_path)

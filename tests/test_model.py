@@ -1,0 +1,64 @@
+"""LeNet matches the recipe's table: shapes, parameter count, Xavier-uniform init."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lenet_lightning.model import LeNet
+
+RECIPE_SHAPES = [
+    ("Conv2d", (6, 28, 28)),
+    ("Sigmoid", (6, 28, 28)),
+    ("AvgPool2d", (6, 14, 14)),
+    ("Conv2d", (16, 10, 10)),
+    ("Sigmoid", (16, 10, 10)),
+    ("AvgPool2d", (16, 5, 5)),
+    ("Flatten", (400,)),
+    ("Linear", (120,)),
+    ("Sigmoid", (120,)),
+    ("Linear", (84,)),
+    ("Sigmoid", (84,)),
+    ("Linear", (10,)),
+]
+
+
+def test_layer_output_shapes_match_the_recipe_table() -> None:
+    model = LeNet()
+    x = torch.rand(3, 1, 28, 28)
+    layers = [*model.features, *model.classifier]
+    assert [type(layer).__name__ for layer in layers] == [name for name, _ in RECIPE_SHAPES]
+    for layer, (_, shape) in zip(layers, RECIPE_SHAPES, strict=True):
+        x = layer(x)
+        assert tuple(x.shape) == (3, *shape), type(layer).__name__
+
+
+def test_parameter_count_is_61706() -> None:
+    assert sum(p.numel() for p in LeNet().parameters()) == 61_706
+
+
+def test_weights_are_xavier_uniform_and_biases_pytorch_default() -> None:
+    torch.manual_seed(0)
+    model = LeNet()
+    for layer in model.modules():
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+            xavier_bound = math.sqrt(6.0 / (fan_in + fan_out))
+            assert layer.weight.abs().max() <= xavier_bound
+            # Uniform on [-b, b] fills the range: the largest draw sits close to the bound.
+            assert layer.weight.abs().max() > 0.9 * xavier_bound
+            assert layer.bias.abs().max() <= 1 / math.sqrt(fan_in)
+
+
+def test_same_seed_gives_same_initial_weights() -> None:
+    torch.manual_seed(7)
+    first = LeNet().state_dict()
+    torch.manual_seed(7)
+    second = LeNet().state_dict()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_unknown_activation_is_rejected_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="choose one of"):
+        LeNet(activation="swishy")

@@ -1,0 +1,136 @@
+"""predict on pictures: real test images saved as files, as the data set has them and as users would have them."""
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lenet_lightning.checkpoint_loading import load_checkpoint
+from lenet_lightning.data import DATASETS
+from lenet_lightning.errors import UserError
+from lenet_lightning.images import STYLES, find_images, load_images, parse_invert, to_dataset_image
+from lenet_lightning.pipeline import fit
+from tests.conftest import write_idx
+
+REAL_DATA = os.environ.get("LENET_DATA_DIR")
+TRAIN_IMAGES = 3000  # a real-data subset: enough for a model with clear-cut predictions, in seconds
+PICTURES = 24
+CLEAR_MARGIN = 0.5  # top-1 minus top-2 probability above which a resampled copy must get the same class
+
+
+def real_split(dataset: str, train: bool, count: int) -> tuple[np.ndarray, np.ndarray]:
+    data = DATASETS[dataset](REAL_DATA, train=train, download=False)
+    return data.data[:count].numpy(), data.targets[:count].numpy()
+
+
+@pytest.fixture
+def trained_on_real_subset(make_config, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, Path]:
+    """A ReLU LeNet trained briefly on the first real training images (written as IDX files under tmp_path)."""
+    dataset = request.param
+    data_dir = tmp_path / "data"
+    raw = data_dir / DATASETS[dataset].__name__ / "raw"
+    for prefix, train, count in (("train", True, TRAIN_IMAGES), ("t10k", False, PICTURES)):
+        images, labels = real_split(dataset, train, count)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    cfg = make_config(
+        f"dataset={dataset}",
+        "model.activation=relu",
+        "model.pooling=max",
+        "lr=0.1",
+        "optimizer.momentum=0.9",
+        "epochs=4",
+        "dataset.batch_size=64",
+        "accelerator=cpu",
+        "callbacks.progress_bar.refresh_rate=0",
+        "~callbacks.error_analysis",
+        data_dir=data_dir,
+    )
+    fit(cfg)
+    return dataset, Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.skipif(not REAL_DATA, reason="set LENET_DATA_DIR to a folder with MNIST/ and FashionMNIST/")
+@pytest.mark.parametrize("trained_on_real_subset", ["mnist", "fashion"], indirect=True)
+def test_pictures_get_the_models_predictions_on_the_original_tensors(
+    trained_on_real_subset: tuple[str, Path], run_cli, tmp_path: Path
+) -> None:
+    dataset, checkpoint = trained_on_real_subset
+    images, _ = real_split(dataset, train=False, count=PICTURES)
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i, pixels in enumerate(images):
+        Image.fromarray(pixels).save(folder / f"{i:02d}_original.png")
+        Image.fromarray(255 - pixels).save(folder / f"{i:02d}_inverted.png")  # dark on white, like ink on paper
+        rgb = Image.fromarray(pixels).convert("RGB").resize((100, 100), Image.Resampling.BICUBIC)
+        rgb.save(folder / f"{i:02d}_resized.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+    done = run_cli(f"ckpt_path={checkpoint}", f"inputs={folder}", "output=preds.csv", module="lenet_lightning.predict")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"skipped {folder / 'corrupt.png'}: " in done.stderr
+    with (tmp_path / "preds.csv").open() as file:
+        rows = {Path(row["file"]).stem: row for row in csv.DictReader(file)}
+    assert len(rows) == 3 * PICTURES
+
+    loaded = load_checkpoint(str(checkpoint))
+    with torch.inference_mode():
+        probabilities = loaded.module(torch.from_numpy(images).unsqueeze(1).float() / 255).softmax(dim=1)
+    top2 = probabilities.topk(2, dim=1)
+    margins = (top2.values[:, 0] - top2.values[:, 1]).tolist()
+    expected = [loaded.class_names[i] for i in top2.indices[:, 0]]
+    for i, name in enumerate(expected):
+        assert rows[f"{i:02d}_original"]["prediction"] == name, i
+        assert rows[f"{i:02d}_inverted"]["prediction"] == name, i
+        assert rows[f"{i:02d}_inverted"]["probability"] == rows[f"{i:02d}_original"]["probability"], i
+    # Shrinking a 100 x 100 copy back to 28 x 28 cannot restore every pixel; predictions the model makes
+    # with a clear margin must survive it.
+    clear = [i for i, margin in enumerate(margins) if margin > CLEAR_MARGIN]
+    assert len(clear) >= PICTURES // 2, margins
+    resized = {i: rows[f"{i:02d}_resized"]["prediction"] for i in clear}
+    assert resized == {i: expected[i] for i in clear}, [round(margins[i], 3) for i in clear]
+
+
+def test_dark_on_light_pictures_are_inverted_automatically_and_on_request() -> None:
+    ink_on_paper = np.full((60, 40), 230, dtype=np.uint8)
+    ink_on_paper[10:50, 18:22] = 20  # a "1" drawn with a pen on grey-white paper
+    automatic = to_dataset_image(Image.fromarray(ink_on_paper), STYLES["mnist"])
+    assert automatic[0].max() == 0 and automatic.max() == 255  # black background, white stroke
+    assert (to_dataset_image(Image.fromarray(ink_on_paper), STYLES["mnist"], invert=True) == automatic).all()
+    not_inverted = to_dataset_image(Image.fromarray(ink_on_paper), STYLES["mnist"], invert=False)
+    assert not (not_inverted == automatic).all()
+
+
+def test_small_digit_in_a_large_rgba_picture_is_scaled_and_centred_like_mnist() -> None:
+    picture = Image.new("RGBA", (400, 300), (0, 0, 0, 0))  # transparent, i.e. white paper
+    picture.paste((0, 0, 0, 255), (30, 40, 60, 120))  # a dark block in the top-left corner
+    image = to_dataset_image(picture, STYLES["mnist"]).astype(float)
+    # The 80 x 30 block becomes 20 x 7.5 pixels: its longest side fills MNIST's 20-pixel box.
+    assert image.sum() / 255 == pytest.approx(20 * 7.5, rel=0.03)
+    assert np.count_nonzero(image.max(axis=1) > 127) in (20, 21)  # 21 when its edges fall between pixels
+    ys, xs = np.indices(image.shape)
+    assert (ys * image).sum() / image.sum() == pytest.approx(14, abs=0.6)  # centre of mass in the middle
+    assert (xs * image).sum() / image.sum() == pytest.approx(14, abs=0.6)
+
+
+def test_unreadable_files_are_reported_and_the_rest_converted(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "blank.bmp")
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    loaded = load_images(find_images(str(tmp_path)), STYLES["fashion"])
+    assert loaded.paths == [tmp_path / "blank.bmp"]
+    assert loaded.images.shape == (1, 1, 28, 28)
+    assert [path.name for path, _ in loaded.failures] == ["notes.jpg"]
+
+
+def test_bad_inputs_and_invert_values_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such file or folder"):
+        find_images(str(tmp_path / "missing.png"))
+    with pytest.raises(UserError, match=r"no \.png, \.jpg, \.jpeg, \.bmp files in folder"):
+        find_images(str(tmp_path))
+    with pytest.raises(UserError, match="invert=maybe is not one of auto, true, false"):
+        parse_invert("maybe")
+    assert (parse_invert("auto"), parse_invert(True), parse_invert(False)) == (None, True, False)

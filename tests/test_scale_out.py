@@ -1,0 +1,188 @@
+"""Scaling out on real engines: several processes per run (Lightning DDP) and parallel sweeps (Hydra launchers)."""
+
+import hashlib
+import json
+import pickle
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchmetrics.functional.classification import multiclass_accuracy
+
+from lenet_lightning.data import MNISTDataModule, TensorBatches
+from lenet_lightning.module import LeNetClassifier
+from lenet_lightning.pipeline import build
+from tests.conftest import CONFIG_DIR, TINY_TRAIN, write_tiny_dataset
+
+ODD_TEST_SIZE = 101  # not a multiple of the process count: a padded evaluation shard would count one image twice
+
+
+class ShardRecorder(L.Callback):
+    """Writes a fingerprint of every training image each process saw, per epoch, for the test to compare."""
+
+    def __init__(self) -> None:
+        self.epochs: list[list[str]] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epochs.append([])
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        pixels = batch[0].mul(255).round().to(torch.uint8).flatten(1)
+        self.epochs[-1].extend(hashlib.sha1(row.numpy().tobytes()).hexdigest() for row in pixels)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = Path(trainer.default_root_dir) / f"shards-rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(self.epochs))
+
+
+def fingerprints(images: torch.Tensor) -> list[str]:
+    return [hashlib.sha1(image.flatten().numpy().tobytes()).hexdigest() for image in images]
+
+
+@pytest.fixture(scope="module")
+def odd_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("odd_data")
+    write_tiny_dataset(root, "MNIST", n_test=ODD_TEST_SIZE)
+    return root
+
+
+def test_evaluation_shards_are_disjoint_unpadded_and_cover_the_set() -> None:
+    labels = torch.arange(ODD_TEST_SIZE)
+    images = torch.zeros(ODD_TEST_SIZE, 28, 28, dtype=torch.uint8)
+    shards = [TensorBatches(images, labels, batch_size=8, rank=r, world_size=2) for r in range(2)]
+    seen = [torch.cat([batch_labels for _, batch_labels in shard]).tolist() for shard in shards]
+    assert [len(s) for s in seen] == [51, 50]
+    assert [len(shard) for shard in shards] == [7, 7]
+    assert sorted(seen[0] + seen[1]) == list(range(ODD_TEST_SIZE))
+
+
+def test_training_shards_reshuffle_every_epoch_identically_on_every_rank() -> None:
+    labels = torch.arange(20)
+    images = torch.zeros(20, 28, 28, dtype=torch.uint8)
+    shards = [
+        TensorBatches(images, labels, batch_size=4, generator=torch.Generator().manual_seed(5), rank=r, world_size=2)
+        for r in range(2)
+    ]
+    epochs = [[shard.indices().tolist() for shard in shards] for _ in range(2)]
+    for rank0, rank1 in epochs:
+        assert not set(rank0) & set(rank1)
+        assert sorted(rank0 + rank1) == list(range(20))
+    assert epochs[0] != epochs[1]
+
+
+def test_datamodule_pickles_with_its_shuffling_state() -> None:
+    """ddp_spawn pickles the DataModule into each process; the copy must draw the same permutations."""
+    datamodule = MNISTDataModule(seed=3)
+    torch.randperm(10, generator=datamodule.shuffle_generator)  # advance past the seed's first draw
+    copy = pickle.loads(pickle.dumps(datamodule))
+    assert torch.equal(
+        torch.randperm(10, generator=copy.shuffle_generator), torch.randperm(10, generator=datamodule.shuffle_generator)
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "launcher", "processes"),
+    [("ddp", _SubprocessScriptLauncher, 1), ("ddp_cpu", _MultiProcessingLauncher, 2), ("ddp_multinode", None, 2)],
+)
+def test_trainer_options_pick_the_intended_strategy(make_config, option: str, launcher, processes: int) -> None:
+    _, _, trainer = build(make_config(f"trainer={option}", "accelerator=cpu"))
+    if launcher is not None:
+        assert isinstance(trainer.strategy.launcher, launcher)
+    assert trainer.world_size == processes  # ddp: every visible device, here one CPU; multinode: 2 nodes x 1
+
+
+def test_slurm_launcher_composes_with_one_process_per_gpu() -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 1
+
+
+def test_two_cpu_processes_train_one_run_with_synced_metrics(run_cli, odd_data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = run_cli(
+        "trainer=ddp_cpu",
+        "epochs=2",
+        "dataset.batch_size=32",
+        "model.activation=relu",  # learns within the 16 steps, so the accuracy compared below is not chance
+        "lr=0.1",
+        "+callbacks.shard_recorder._target_=tests.test_scale_out.ShardRecorder",
+        f"hydra.run.dir={run}",
+        data_dir=odd_data_dir,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # One run folder, written by rank 0 only: one event file, one checkpoint, one result, one summary.
+    assert sorted(path.name for path in tmp_path.rglob("events.out.tfevents.*")) == [
+        next(run.glob("events.out.tfevents.*")).name
+    ]
+    assert sorted(path.relative_to(run).as_posix() for path in run.rglob("*.ckpt")) == ["checkpoints/last.ckpt"]
+    assert done.stdout.count("run folder:") == 1
+    result = json.loads((run / "result.json").read_text())
+    assert result["device"] == "2 x cpu" and result["examples_per_second"] > 0
+
+    # The logged test accuracy is that of the final weights on the whole test set, each image counted once.
+    datamodule = MNISTDataModule(data_dir=str(odd_data_dir))
+    datamodule.setup()
+    images, labels = datamodule.splits["test"]
+    module = LeNetClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
+    with torch.no_grad():
+        logits = module(images.unsqueeze(1).float().div(255))
+    expected = multiclass_accuracy(logits, labels, num_classes=10, average="micro").item()
+    accumulator = EventAccumulator(str(run)).Reload()
+    logged = [event.value for event in accumulator.Scalars("test/acc")]
+    assert len(logged) == 2
+    assert logged[-1] == pytest.approx(expected, abs=1e-6)
+    assert result["test_acc"] == pytest.approx(expected, abs=1e-6)
+
+    # Each process trained on its own half of every epoch; together they covered the whole training set.
+    ranks = [json.loads((run / f"shards-rank{rank}.json").read_text()) for rank in range(2)]
+    train_set = set(fingerprints(datamodule.splits["train"][0]))
+    assert len(train_set) == TINY_TRAIN
+    for epoch in range(2):
+        rank0, rank1 = ranks[0][epoch], ranks[1][epoch]
+        assert len(rank0) == len(rank1) == TINY_TRAIN // 2
+        assert not set(rank0) & set(rank1)
+        assert set(rank0) | set(rank1) == train_set
+    assert ranks[0][0] != ranks[0][1]  # a new shuffle every epoch
+
+
+def test_joblib_launcher_runs_a_sweep_in_parallel_processes(run_cli, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    done = run_cli(
+        "-m", "hydra/launcher=parallel", "epochs=1", "accelerator=cpu", "lr=0.1,0.3", f"hydra.sweep.dir={sweep}"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {path.parent.name: json.loads(path.read_text()) for path in sweep.glob("*/result.json")}
+    assert sorted(results) == ["accelerator=cpu,epochs=1,lr=0.1", "accelerator=cpu,epochs=1,lr=0.3"]
+    assert all(result["status"] == "completed" for result in results.values())
+    summary = (sweep / "summary.csv").read_text()  # written by the launching process once both jobs returned
+    assert all(name in summary for name in results)
+    assert "Joblib" in done.stdout + done.stderr  # the plugin, not the sequential basic launcher, ran the jobs
+
+
+def test_multirun_with_reexecuting_ddp_fails_fast_with_the_fix(run_cli, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    start = time.monotonic()
+    done = run_cli(
+        "-m",
+        "trainer=ddp",
+        "accelerator=cpu",
+        "trainer.devices=2",
+        "lr=0.1,0.3",
+        f"hydra.sweep.dir={sweep}",
+        timeout=120,
+    )
+    assert time.monotonic() - start < 120
+    assert done.returncode == 2
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: the ddp strategy re-runs the command")
+    assert "trainer=ddp_cpu" in last_line
+    assert "Traceback" not in done.stderr
+    assert not list(sweep.rglob("*.ckpt")) and not list(sweep.rglob("events.out.tfevents.*"))

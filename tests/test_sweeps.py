@@ -1,0 +1,115 @@
+"""Sweeps end to end through the real CLI: readable run folders, TensorBoard, the summary, failures, Optuna."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from matplotlib.image import imread
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+from lenet_lightning.run_records import best_test_acc, read_run
+from lenet_lightning.sweep_summary import collect_runs
+
+# ReLU learns the tiny data within two epochs, so the runs differ and their order means something.
+TINY_SWEEP = ("epochs=2", "model.activation=relu")
+
+
+def sweep_dir_of(tmp_path: Path) -> Path:
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    return sweep_dir
+
+
+def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
+    with (sweep_dir / "summary.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def assert_png(path: Path) -> None:
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, path
+
+
+def test_lr_sweep_names_runs_and_summarises_them(run_cli, tmp_path: Path) -> None:
+    lrs = ("0.05", "0.3", "0.9")
+    done = run_cli("-m", f"lr={','.join(lrs)}", *TINY_SWEEP)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep_dir = sweep_dir_of(tmp_path)
+    names = {f"epochs=2,lr={lr},model.activation=relu" for lr in lrs}
+    assert {path.name for path in sweep_dir.iterdir() if path.is_dir()} == names
+
+    # One TensorBoard view of the sweep lists every run by its folder name, with scalars and HPARAMS.
+    tensorboard = EventMultiplexer()
+    tensorboard.AddRunsFromDirectory(str(sweep_dir))
+    tensorboard.Reload()
+    assert set(tensorboard.Runs()) == names
+    assert set(tensorboard.PluginRunToTagToContent("hparams")) == names
+    curves = {name: {tag: tensorboard.Scalars(name, tag) for tag in ("train/loss", "test/acc")} for name in names}
+    for name in names:
+        assert [event.step for event in curves[name]["test/acc"]] == [1, 2]
+
+    rows = read_summary(sweep_dir)
+    assert sorted(row["lr"] for row in rows) == sorted(lrs)
+    assert [float(row["test_acc"]) for row in rows] == sorted((float(row["test_acc"]) for row in rows), reverse=True)
+    for row in rows:
+        events = curves[row["run"]]
+        test_acc = [event.value for event in events["test/acc"]]
+        assert row["status"] == "completed"
+        assert float(row["test_acc"]) == pytest.approx(test_acc[-1])
+        assert float(row["train_loss"]) == pytest.approx(events["train/loss"][-1].value)
+        assert float(row["best_test_acc"]) == pytest.approx(max(test_acc))
+        assert test_acc[int(row["best_epoch"]) - 1] == max(test_acc)
+        assert float(row["wall_s"]) > 0
+        assert_png(sweep_dir / row["run"] / "curves.png")
+
+    markdown = (sweep_dir / "summary.md").read_text()
+    assert all(f"| {name} | completed |" in markdown for name in names)
+    assert "| run | status |" in done.stdout and all(name in done.stdout for name in names)
+    assert_png(sweep_dir / "sweep_test_acc.png")
+    assert_png(sweep_dir / "sweep_test_acc_vs_lr.png")
+
+
+def test_failed_and_diverged_runs_do_not_stop_the_sweep(run_cli, tmp_path: Path) -> None:
+    # lr=-1 is rejected by SGD at start (failed); lr=1e+30 turns the ReLU net's loss into NaN (diverged).
+    done = run_cli("-m", "lr=-1,1e+30,0.3", *TINY_SWEEP)
+    assert done.returncode != 0
+    assert "1 of 3 runs failed" in done.stderr
+    sweep_dir = sweep_dir_of(tmp_path)
+    rows = {row["lr"]: row for row in read_summary(sweep_dir)}
+    assert [row["status"] for row in read_summary(sweep_dir)] == ["completed", "diverged", "failed"]
+
+    assert rows["-1"]["reason"] == "ValueError: Invalid learning rate: -1"
+    assert rows["1e+30"]["best_test_acc"] == "" and rows["1e+30"]["best_epoch"] == ""
+    assert math.isnan(float(json.loads((sweep_dir / rows["1e+30"]["run"] / "result.json").read_text())["train_loss"]))
+    assert float(rows["0.3"]["test_acc"]) > 0.15  # ran after the failure, and learned
+    assert "failed: ValueError: Invalid learning rate: -1" in (sweep_dir / "summary.md").read_text()
+    assert_png(sweep_dir / "sweep_test_acc.png")
+
+
+def test_optuna_lr_search_lands_in_the_summary(run_cli, tmp_path: Path) -> None:
+    done = run_cli("hparams_search=lr_optuna", "hydra.sweeper.n_trials=3", *TINY_SWEEP)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep_dir = sweep_dir_of(tmp_path)
+    rows = read_summary(sweep_dir)
+    assert len(rows) == 3
+    assert all(row["status"] == "completed" and 0.01 <= float(row["lr"]) <= 3 for row in rows)
+    assert not any("hparams_search" in row["run"] for row in rows)
+    best = (sweep_dir / "optimization_results.yaml").read_text()
+    assert f"best_value: {max(float(row['test_acc']) for row in rows)}" in best
+
+
+def test_run_without_result_counts_as_failed(tmp_path: Path) -> None:
+    """A job that died before writing result.json still gets a row, marked failed."""
+    run_dir = tmp_path / "lr=0.3"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- lr=0.3\n- data_dir=/somewhere\n")
+    (run,) = collect_runs(tmp_path, exclude=frozenset({"data_dir"}))
+    assert (run.name, run.status, run.overrides) == ("lr=0.3", "failed", {"lr": "0.3"})
+    assert "result.json" in run.reason and math.isnan(read_run(run_dir).test_acc)
+
+
+def test_nan_epochs_never_count_as_best() -> None:
+    curves = {"test/acc": {1: 0.4, 2: 0.6, 3: math.nan, 4: 0.9}, "test/loss": {1: 1.0, 2: 0.8, 3: 0.7, 4: math.nan}}
+    assert best_test_acc(curves) == (0.6, 2)
+    assert best_test_acc({"test/acc": {1: math.nan}})[1] is None
