@@ -1,4 +1,4 @@
-"""The LightningModule: cross-entropy on LeNet's logits, SGD, and the per-epoch metrics of the recipe."""
+"""The LightningModule: cross-entropy on LeNet's logits, SGD (optionally scheduled), and the per-epoch metrics."""
 
 from typing import Any
 
@@ -9,14 +9,25 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lenet_lightning.augment import shift_and_flip
+from lenet_lightning.errors import UserError
 from lenet_lightning.model import LeNet
+
+# Learning-rate schedules by config name, with the argument that takes the run's length in optimizer steps:
+# each is stepped once per batch, over the whole run.
+SCHEDULERS = {
+    "cosine": (torch.optim.lr_scheduler.CosineAnnealingLR, "T_max"),
+    "onecycle": (torch.optim.lr_scheduler.OneCycleLR, "total_steps"),
+}
 
 
 class LeNetClassifier(L.LightningModule):
     """Trains a :class:`LeNet` and logs ``train/loss``, ``train/acc`` and ``test/acc`` once per epoch.
 
     Every argument is a plain dict or number, so checkpoints carry their own architecture and load with
-    ``weights_only=True``. Metrics are logged against the epoch number (1..N) instead of the optimizer
+    ``weights_only=True``. ``scheduler`` (``name`` plus keyword arguments of the torch scheduler) and
+    ``augment`` (keyword arguments of :func:`shift_and_flip`, applied to training batches only) are off
+    when absent. Metrics are logged against the epoch number (1..N) instead of the optimizer
     step, so the curves line up with the recipe's plot.
     """
 
@@ -26,10 +37,18 @@ class LeNetClassifier(L.LightningModule):
         optimizer: dict[str, Any],
         num_classes: int = 10,
         class_names: list[str] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        augment: dict[str, Any] | None = None,
         compile_mode: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["compile_mode"])  # how it ran, not what it is
+        schedule_name = (scheduler or {}).get("name", "none")
+        if schedule_name != "none" and schedule_name not in SCHEDULERS:
+            raise UserError(
+                f"unknown scheduler.name {schedule_name!r}; use scheduler=none, "
+                + ", ".join(f"scheduler={name}" for name in sorted(SCHEDULERS))
+            )
         self.net = LeNet(**net, num_classes=num_classes)
         if compile_mode:
             # In place: the network's forward and backward are compiled (CUDA graphs with "reduce-overhead"),
@@ -48,6 +67,9 @@ class LeNetClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
+        if self.hparams.augment:
+            # Here rather than in a batch hook: only training batches pass through, already on their device.
+            images = shift_and_flip(images, **self.hparams.augment)
         logits = self.net(images)
         losses = F.cross_entropy(logits, labels, reduction="none")
         # Per-example losses: the epoch's loss is the mean over examples, as the recipe defines it, and no
@@ -88,5 +110,13 @@ class LeNetClassifier(L.LightningModule):
         self.log("test/loss", self.test_loss)
         self.log("test/acc", self.test_acc)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), **self.hparams.optimizer)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = torch.optim.SGD(self.parameters(), **self.hparams.optimizer)
+        schedule = dict(self.hparams.scheduler or {})
+        name = schedule.pop("name", "none")
+        if name == "none":
+            return optimizer
+        scheduler_class, length_argument = SCHEDULERS[name]
+        schedule[length_argument] = int(self.trainer.estimated_stepping_batches)
+        scheduler = scheduler_class(optimizer, **schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

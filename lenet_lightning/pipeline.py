@@ -27,7 +27,7 @@ from lenet_lightning.throughput import EpochTimer
 
 REPORTED_METRICS = ("train/loss", "train/acc", "test/acc")
 THROUGHPUT_KEY = "examples_per_second"
-HPARAM_SECTIONS = ("dataset", "model", "optimizer")
+HPARAM_SECTIONS = ("dataset", "model", "optimizer", "scheduler", "augment")
 
 
 @dataclass
@@ -76,6 +76,8 @@ def build(
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         num_classes=len(datamodule.classes),
         class_names=datamodule.classes,
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        augment=OmegaConf.to_container(cfg.augment, resolve=True),
         compile_mode=cfg.compile,
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
