@@ -1,49 +1,9 @@
 """LeNet as a plain ``nn.Module``: no Lightning here, so it can be reused and exported on its own."""
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class AvgPool2d(nn.AvgPool2d):
-    """``nn.AvgPool2d`` that trains faster on the CPU for LeNet's 2x2, stride-2 windows.
-
-    PyTorch's CPU average-pooling kernels (forward and backward) took about a quarter of a classic LeNet
-    training step here; the mean of four strided views gives the same values (to float rounding) in
-    well under half that time. Other devices, other windows and evaluation use the stock kernel.
-    """
-
-    def forward(self, images: Tensor) -> Tensor:
-        if not torch.jit.is_scripting() and self._fast_path_applies(images):
-            return (
-                images[..., ::2, ::2] + images[..., 1::2, ::2] + images[..., ::2, 1::2] + images[..., 1::2, 1::2]
-            ) * 0.25
-        return F.avg_pool2d(
-            images,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.ceil_mode,
-            self.count_include_pad,
-            self.divisor_override,
-        )
-
-    @torch.jit.unused  # TorchScript exports take the stock kernel
-    def _fast_path_applies(self, images: Tensor) -> bool:
-        return (
-            self.training
-            and images.device.type == "cpu"
-            and self.kernel_size in (2, (2, 2))
-            and self.stride in (2, (2, 2))
-            and self.padding in (0, (0, 0))
-            and not self.ceil_mode
-            and images.shape[-1] % 2 == 0
-            and images.shape[-2] % 2 == 0
-        )
-
-
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
-POOLINGS = {"avg": AvgPool2d, "max": nn.MaxPool2d}
+POOLINGS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
 
 
 class LeNet(nn.Module):

@@ -62,23 +62,3 @@ def test_same_seed_gives_same_initial_weights() -> None:
 def test_unknown_activation_is_rejected_with_the_choices() -> None:
     with pytest.raises(ValueError, match="choose one of"):
         LeNet(activation="swishy")
-
-
-@pytest.mark.parametrize("shape", [(4, 6, 28, 28), (4, 16, 10, 10)])
-def test_fast_average_pooling_matches_the_stock_kernel_forward_and_backward(shape: tuple[int, ...]) -> None:
-    from lenet_lightning.model import AvgPool2d
-
-    x = torch.randn(*shape, requires_grad=True)
-    fast = AvgPool2d(kernel_size=2, stride=2).train()
-    stock = nn.AvgPool2d(kernel_size=2, stride=2)
-    fast_out, stock_out = fast(x), stock(x)
-    assert torch.allclose(fast_out, stock_out, atol=1e-6)
-    upstream = torch.randn_like(stock_out)
-    (fast_grad,) = torch.autograd.grad(fast_out, x, upstream)
-    (stock_grad,) = torch.autograd.grad(stock_out, x, upstream)
-    assert torch.allclose(fast_grad, stock_grad, atol=1e-6)
-
-
-def test_pooling_layers_are_average_pooling_for_export_and_inspection() -> None:
-    pools = [layer for layer in LeNet().modules() if isinstance(layer, nn.AvgPool2d)]
-    assert len(pools) == 2
