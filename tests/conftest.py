@@ -77,6 +77,20 @@ def cli_env(data_dir: Path | None) -> dict[str, str]:
     return env
 
 
+def run_module(
+    module: str, *args: str, cwd: Path, data_dir: Path | None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> <args>`` in a subprocess from ``cwd``, with this checkout's package."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=cli_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.fixture
 def run_cli(tiny_data_dir: Path, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     """Run ``python -m <module> <args>`` in a subprocess with tiny data and outputs under ``tmp_path``."""
@@ -84,13 +98,6 @@ def run_cli(tiny_data_dir: Path, tmp_path: Path) -> Callable[..., subprocess.Com
     def _run(
         *args: str, module: str = "lenet_lightning.train", data_dir: Path | None = tiny_data_dir, timeout: float = 300
     ) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", module, *args],
-            cwd=tmp_path,
-            env=cli_env(data_dir),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return run_module(module, *args, cwd=tmp_path, data_dir=data_dir, timeout=timeout)
 
     return _run

@@ -3,8 +3,6 @@
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,20 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lenet_lightning.checkpoint_loading import CheckpointError, load_checkpoint
 from lenet_lightning.eval import evaluate
-from tests.conftest import TINY_TEST, cli_env
+from tests.conftest import TINY_TEST, run_module
 
 EPOCHS = 2
-
-
-def run_module(module: str, *args: str, cwd: Path, data_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=cli_env(data_dir),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
