@@ -5,16 +5,14 @@ The user names only the checkpoint: the data set (and its folder) come from the 
 checkpoint's hyper-parameters.
 """
 
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lenet_lightning.checkpointing import load_checkpoint_safely
 from lenet_lightning.data import DATASETS, MNISTDataModule
 from lenet_lightning.errors import UserError
 from lenet_lightning.module import LeNetClassifier
@@ -78,21 +76,10 @@ def resolve_path(ckpt_path: str | None) -> Path:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True``: a checkpoint can hold tensors and plain data, never code."""
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a zip archive); {CHECKPOINT_HINT}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path} holds Python objects that weights_only=True loading refuses, so it was not written by "
-            "lenet_lightning.train; load only checkpoints from sources you trust"
-        ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path} could not be read ({reason}); is the file complete?") from error
-    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
-        raise CheckpointError(f"{path} has no model weights and hyper-parameters; {CHECKPOINT_HINT}")
+    """The checkpoint, loaded by the project's one safe loader (``weights_only=True``), with its hyper-parameters."""
+    checkpoint = load_checkpoint_safely(path)
+    if "hyper_parameters" not in checkpoint:
+        raise CheckpointError(f"{path} has no model hyper-parameters; {CHECKPOINT_HINT}")
     return checkpoint
 
 

@@ -14,6 +14,7 @@ import os
 import pickle
 import signal
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,8 @@ def load_weights_only(path: _PATH, map_location: Any = "cpu") -> Any:
     if not file.is_file():
         what = "a folder, not a checkpoint file" if file.is_dir() else "no such file"
         raise UserError(f"checkpoint {file}: {what}")
+    if not zipfile.is_zipfile(file):  # torch.save writes zip archives; anything else is damaged or something else
+        raise UserError(f"checkpoint {file} is not a PyTorch checkpoint (not a zip archive written by torch.save)")
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

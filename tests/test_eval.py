@@ -9,7 +9,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lenet_lightning.checkpoint_loading import CheckpointError, load_checkpoint
+from lenet_lightning.checkpoint_loading import load_checkpoint
+from lenet_lightning.errors import UserError
 from lenet_lightning.eval import evaluate
 from tests.conftest import TINY_TEST, run_module
 
@@ -81,9 +82,9 @@ def test_invalid_checkpoints_get_a_message_naming_the_problem(tmp_path: Path) ->
         None: "no checkpoint given",
         str(tmp_path / "missing.ckpt"): "checkpoint not found: .*missing.ckpt; pass ckpt_path=outputs/runs/",
         str(truncated): "is not a PyTorch checkpoint",
-        str(plain): "has no model weights and hyper-parameters",
-        str(untrusted): "holds Python objects that weights_only=True loading refuses",
+        str(plain): "is not a Lightning checkpoint",
+        str(untrusted): "was refused: it holds pickled objects",
     }
     for ckpt_path, message in expected.items():
-        with pytest.raises(CheckpointError, match=message):
+        with pytest.raises(UserError, match=message):
             load_checkpoint(ckpt_path)
