@@ -85,13 +85,11 @@ class LeNetClassifier(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         """Loader 0 is the official test set; loader 1, when present, the validation split."""
-        images, labels = batch
-        logits = self.net(images)
         if dataloader_idx == 0:
-            self.test_loss.update(F.cross_entropy(logits, labels, reduction="none"))
-            self.test_acc.update(logits, labels)
-        else:
-            self.val_acc.update(logits, labels)
+            self.test_step(batch, batch_idx)
+            return
+        images, labels = batch
+        self.val_acc.update(self.net(images), labels)
 
     def on_validation_epoch_end(self) -> None:
         if self.val_acc.update_count:
