@@ -23,6 +23,7 @@ from lenet_lightning.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,11 @@ def validate_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not rule.accepts(value):
             raise UserError(f"{key}={value!r} is not allowed: {key} must be {rule.allowed()}")
+    for key, choices in (("accelerator", ACCELERATORS), ("memory_format", MEMORY_FORMATS)):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value not in choices:
+            raise UserError(f"{key}={value!r} is not allowed: choose one of {', '.join(choices)}")
     accelerator = OmegaConf.select(cfg, "accelerator")
-    if accelerator is not None and accelerator not in ACCELERATORS:
-        raise UserError(f"accelerator={accelerator!r} is not allowed: choose one of {', '.join(ACCELERATORS)}")
     if accelerator in ("gpu", "cuda"):
         import torch  # only here: importing torch costs a second of start-up
 

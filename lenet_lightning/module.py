@@ -10,6 +10,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lenet_lightning.augment import shift_and_flip
+from lenet_lightning.config_check import MEMORY_FORMATS
 from lenet_lightning.errors import UserError
 from lenet_lightning.model import LeNet
 
@@ -19,6 +20,17 @@ SCHEDULERS = {
     "cosine": (torch.optim.lr_scheduler.CosineAnnealingLR, "T_max"),
     "onecycle": (torch.optim.lr_scheduler.OneCycleLR, "total_steps"),
 }
+
+
+def uses_channels_last(memory_format: str, device: torch.device) -> bool:
+    """Whether ``memory_format`` means channels_last on ``device``.
+
+    ``auto`` picks it on the CPU, where oneDNN runs LeNet's training step faster in that layout (measured by
+    ``benchmarks/throughput.py``), and not on GPUs, where it has not been measured to help.
+    """
+    if memory_format == "auto":
+        return device.type == "cpu"
+    return memory_format == "channels_last"
 
 
 class LeNetClassifier(L.LightningModule):
@@ -40,15 +52,19 @@ class LeNetClassifier(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         augment: dict[str, Any] | None = None,
         compile_mode: str | None = None,
+        memory_format: str = "auto",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["compile_mode"])  # how it ran, not what it is
+        self.save_hyperparameters(ignore=["compile_mode", "memory_format"])  # how it ran, not what it is
         schedule_name = (scheduler or {}).get("name", "none")
         if schedule_name != "none" and schedule_name not in SCHEDULERS:
             raise UserError(
                 f"unknown scheduler.name {schedule_name!r}; use scheduler=none, "
                 + ", ".join(f"scheduler={name}" for name in sorted(SCHEDULERS))
             )
+        if memory_format not in MEMORY_FORMATS:
+            raise UserError(f"unknown memory_format {memory_format!r}; choose one of {', '.join(MEMORY_FORMATS)}")
+        self.memory_format = memory_format
         self.net = LeNet(**net, num_classes=num_classes)
         if compile_mode:
             # In place: the network's forward and backward are compiled (CUDA graphs with "reduce-overhead"),
@@ -61,6 +77,12 @@ class LeNetClassifier(L.LightningModule):
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+
+    def setup(self, stage: str) -> None:
+        """Lay out the network's weights for the device it will run on, before the strategy wraps it."""
+        if uses_channels_last(self.memory_format, self.trainer.strategy.root_device):
+            # Parameters change layout in place, so optimizers and DDP keep seeing the same tensors.
+            self.net.to(memory_format=torch.channels_last)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)

@@ -79,6 +79,7 @@ def build(
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         augment=OmegaConf.to_container(cfg.augment, resolve=True),
         compile_mode=cfg.compile,
+        memory_format=cfg.memory_format,
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     callbacks.append(RunReport(hparams_of(cfg)))

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.throughput import PIPELINES, accuracy_comparable, format_table, run_project, summarize
+from benchmarks.throughput import (
+    PIPELINES,
+    accuracy_comparable,
+    benchmark,
+    format_table,
+    run_project,
+    summarize,
+)
 from lenet_lightning.pipeline import fit
 
 
@@ -23,11 +30,15 @@ def test_project_pipeline_is_the_normal_training_run(tiny_data_dir: Path, make_c
     assert benchmarked.test_acc == normal.test_acc
 
 
-def test_table_reports_ratios_against_seed_and_floor(tiny_data_dir: Path) -> None:
-    measurements = {name: [run(tiny_data_dir, "mnist", 1, 0)] for name, run in PIPELINES.items()}
+def test_one_round_runs_every_pipeline_in_its_own_process_and_tabulates_ratios(tiny_data_dir: Path) -> None:
+    measurements = benchmark(tiny_data_dir, "mnist", epochs=1, rounds=1, warm_up=False)
+    assert {name: [m.pipeline for m in runs] for name, runs in measurements.items()} == {
+        name: [name] for name in PIPELINES
+    }
     table = summarize(measurements)
-    assert table["seed"]["vs_seed"] == 1.0 and table["floor"]["vs_floor"] == 1.0
+    assert table["seed"]["vs_seed"] == table["floor"]["vs_floor"] == table["floor_tuned"]["vs_floor_tuned"] == 1.0
     project = table["project"]
     assert project["vs_floor"] == project["examples_per_second"] / table["floor"]["examples_per_second"]
+    assert project["vs_floor_tuned"] == project["examples_per_second"] / table["floor_tuned"]["examples_per_second"]
     assert "| project |" in format_table(table)
     assert isinstance(accuracy_comparable(table), bool)
