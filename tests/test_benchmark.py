@@ -4,15 +4,18 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.throughput import (
     PIPELINES,
     accuracy_comparable,
     benchmark,
     format_table,
+    recipe_lenet,
     run_project,
     summarize,
 )
+from lenet_lightning.model import LeNet
 from lenet_lightning.pipeline import fit
 
 
@@ -22,6 +25,19 @@ def test_each_pipeline_trains_and_reports_throughput_and_accuracy(tiny_data_dir:
     assert measurement.pipeline == name
     assert measurement.examples_per_second > 0 and math.isfinite(measurement.examples_per_second)
     assert 0.0 <= measurement.test_acc <= 1.0
+
+
+def test_baselines_train_the_recipes_lenet_from_stock_layers() -> None:
+    """Same weights for the same seed and the same function as the project's LeNet, without its speed-ups."""
+    torch.manual_seed(0)
+    stock = recipe_lenet()
+    torch.manual_seed(0)
+    project = LeNet()
+    for a, b in zip(stock.parameters(), project.parameters(), strict=True):
+        assert torch.equal(a, b)
+    images = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(stock(images), project(images), rtol=0, atol=0)
+    assert all(type(layer).__module__.startswith("torch.nn") for layer in stock)
 
 
 def test_project_pipeline_is_the_normal_training_run(tiny_data_dir: Path, make_config) -> None:

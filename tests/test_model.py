@@ -1,5 +1,6 @@
 """LeNet matches the recipe's table: shapes, parameter count, Xavier-uniform init."""
 
+import copy
 import math
 
 import pytest
@@ -24,11 +25,16 @@ RECIPE_SHAPES = [
 ]
 
 
+def layer_kind(layer: nn.Module) -> str:
+    """The torch.nn class a layer is (the in-place activations subclass theirs)."""
+    return next(cls.__name__ for cls in type(layer).__mro__ if cls.__module__.startswith("torch.nn"))
+
+
 def test_layer_output_shapes_match_the_recipe_table() -> None:
     model = LeNet()
     x = torch.rand(3, 1, 28, 28)
     layers = [*model.features, *model.classifier]
-    assert [type(layer).__name__ for layer in layers] == [name for name, _ in RECIPE_SHAPES]
+    assert [layer_kind(layer) for layer in layers] == [name for name, _ in RECIPE_SHAPES]
     for layer, (_, shape) in zip(layers, RECIPE_SHAPES, strict=True):
         x = layer(x)
         assert tuple(x.shape) == (3, *shape), type(layer).__name__
@@ -62,3 +68,23 @@ def test_same_seed_gives_same_initial_weights() -> None:
 def test_unknown_activation_is_rejected_with_the_choices() -> None:
     with pytest.raises(ValueError, match="choose one of"):
         LeNet(activation="swishy")
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "tanh"])
+def test_in_place_activations_give_the_same_outputs_and_gradients(activation: str) -> None:
+    """The activations overwrite their input; swapping in torch.nn's out-of-place ones changes no number."""
+    torch.manual_seed(0)
+    in_place = LeNet(activation=activation, batch_norm=True)
+    out_of_place = copy.deepcopy(in_place)
+    plain = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+    for block in (out_of_place.features, out_of_place.classifier):
+        for index, layer in enumerate(block):
+            if isinstance(layer, plain):
+                block[index] = plain()
+    assert not any(getattr(layer, "inplace", False) for layer in out_of_place.modules())
+    images = torch.rand(16, 1, 28, 28)
+    for model in (in_place, out_of_place):
+        model(images).square().sum().backward()
+    torch.testing.assert_close(in_place(images), out_of_place(images), rtol=0, atol=0)
+    for (name, a), (_, b) in zip(in_place.named_parameters(), out_of_place.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=name)
