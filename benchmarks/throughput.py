@@ -221,10 +221,11 @@ def measure_in_fresh_process(
 ) -> Measurement:
     """Run one pipeline in a new ``python`` process, as a user's script would run, and read back its measurement.
 
-    The child's own output (model summary, progress bars) goes to stderr; its last stdout line is the result.
+    The child runs from the repository root (so ``benchmarks`` imports), with the data folder made absolute;
+    its own output (model summary, progress bars) goes to stderr, and its last stdout line is the result.
     """
     command = [
-        *(sys.executable, "-m", "benchmarks.throughput", "--measure", name, "--data-dir", str(data_dir)),
+        *(sys.executable, "-m", "benchmarks.throughput", "--measure", name, "--data-dir", str(data_dir.resolve())),
         *("--dataset", dataset, "--epochs", str(epochs), "--seed", str(seed), "--accelerator", accelerator),
         *(f"--project-override={override}" for override in project_overrides),
     ]

@@ -13,6 +13,7 @@ from lenet_lightning.checkpoint_loading import load_checkpoint
 from lenet_lightning.data import DATASETS
 from lenet_lightning.errors import UserError
 from lenet_lightning.images import STYLES, find_images, load_images, parse_invert, to_dataset_image
+from lenet_lightning.module import uses_channels_last
 from lenet_lightning.pipeline import fit
 from tests.conftest import write_idx
 
@@ -79,14 +80,23 @@ def test_pictures_get_the_models_predictions_on_the_original_tensors(
     assert len(rows) == 3 * PICTURES
 
     loaded = load_checkpoint(str(checkpoint))
+    if uses_channels_last(loaded.module.memory_format, torch.device("cpu")):
+        loaded.module.net.to(memory_format=torch.channels_last)  # as the command's Trainer lays it out on the CPU
     with torch.inference_mode():
         probabilities = loaded.module(torch.from_numpy(images).unsqueeze(1).float() / 255).softmax(dim=1)
     top2 = probabilities.topk(2, dim=1)
     margins = (top2.values[:, 0] - top2.values[:, 1]).tolist()
     expected = [loaded.class_names[i] for i in top2.indices[:, 0]]
-    for i, name in enumerate(expected):
-        assert rows[f"{i:02d}_original"]["prediction"] == name, i
-        assert rows[f"{i:02d}_inverted"]["prediction"] == name, i
+    # A saved data set image comes back unchanged unless its content does not fill its box after thresholding
+    # (a few Fashion products): then it is fitted again, as a user's picture would be, and may change class.
+    loaded_back = load_images([folder / f"{i:02d}_original.png" for i in range(PICTURES)], STYLES[dataset]).images
+    originals = torch.from_numpy(images).unsqueeze(1).float() / 255
+    unchanged = [i for i in range(PICTURES) if (loaded_back[i] - originals[i]).abs().max() <= 1.5 / 255]
+    assert len(unchanged) >= 0.9 * PICTURES, unchanged
+    for i in unchanged:
+        assert rows[f"{i:02d}_original"]["prediction"] == expected[i], i
+    for i in range(PICTURES):
+        assert rows[f"{i:02d}_inverted"]["prediction"] == rows[f"{i:02d}_original"]["prediction"], i
         assert rows[f"{i:02d}_inverted"]["probability"] == rows[f"{i:02d}_original"]["probability"], i
     # Shrinking a 100 x 100 copy back to 28 x 28 cannot restore every pixel, so an image near a class boundary
     # may flip; a conversion mistake (scale, centring, colour, inversion) would flip most of them.
