@@ -43,7 +43,7 @@ from torchvision import transforms
 from lenet_lightning.data import DATASETS
 from lenet_lightning.host_memory import keep_freed_host_memory
 from lenet_lightning.model import LeNet
-from lenet_lightning.module import uses_channels_last
+from lenet_lightning.module import lay_out
 from lenet_lightning.pipeline import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,8 +153,7 @@ def run_floor(
     model = LeNet() if tuned else recipe_lenet()
     if tuned:
         keep_freed_host_memory()
-        if uses_channels_last("auto", device):
-            model = model.to(memory_format=torch.channels_last)
+        lay_out(model, "auto", device)
     dataset_class = DATASETS[dataset]
     train = dataset_class(str(data_dir), train=True)
     test = dataset_class(str(data_dir), train=False)

@@ -5,7 +5,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -31,6 +31,15 @@ def uses_channels_last(memory_format: str, device: torch.device) -> bool:
     if memory_format == "auto":
         return device.type == "cpu"
     return memory_format == "channels_last"
+
+
+def lay_out(net: nn.Module, memory_format: str, device: torch.device) -> None:
+    """Give ``net``'s weights the layout ``memory_format`` means on ``device``.
+
+    In place: the parameters keep their identity, so optimizers and DDP keep seeing the same tensors.
+    """
+    if uses_channels_last(memory_format, device):
+        net.to(memory_format=torch.channels_last)
 
 
 class LeNetClassifier(L.LightningModule):
@@ -80,9 +89,7 @@ class LeNetClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Lay out the network's weights for the device it will run on, before the strategy wraps it."""
-        if uses_channels_last(self.memory_format, self.trainer.strategy.root_device):
-            # Parameters change layout in place, so optimizers and DDP keep seeing the same tensors.
-            self.net.to(memory_format=torch.channels_last)
+        lay_out(self.net, self.memory_format, self.trainer.strategy.root_device)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)

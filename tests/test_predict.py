@@ -13,7 +13,7 @@ from lenet_lightning.checkpoint_loading import load_checkpoint
 from lenet_lightning.data import DATASETS
 from lenet_lightning.errors import UserError
 from lenet_lightning.images import STYLES, find_images, load_images, parse_invert, to_dataset_image
-from lenet_lightning.module import uses_channels_last
+from lenet_lightning.module import lay_out
 from lenet_lightning.pipeline import fit
 from tests.conftest import write_idx
 
@@ -80,8 +80,7 @@ def test_pictures_get_the_models_predictions_on_the_original_tensors(
     assert len(rows) == 3 * PICTURES
 
     loaded = load_checkpoint(str(checkpoint))
-    if uses_channels_last(loaded.module.memory_format, torch.device("cpu")):
-        loaded.module.net.to(memory_format=torch.channels_last)  # as the command's Trainer lays it out on the CPU
+    lay_out(loaded.module.net, loaded.module.memory_format, torch.device("cpu"))  # as the command's Trainer does
     with torch.inference_mode():
         probabilities = loaded.module(torch.from_numpy(images).unsqueeze(1).float() / 255).softmax(dim=1)
     top2 = probabilities.topk(2, dim=1)
