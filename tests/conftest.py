@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
+
+from lenet_lightning.data import TensorBatches
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
@@ -44,6 +47,22 @@ def write_tiny_dataset(root: Path, folder: str, n_train: int = TINY_TRAIN, n_tes
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return raw
+
+
+def rank_shards(size: int, world_size: int, batch_size: int, seed: int | None = None) -> list[TensorBatches]:
+    """Every rank's share of ``size`` blank examples labelled 0..size-1 (shuffled from ``seed`` when given)."""
+    images = torch.zeros(size, 28, 28, dtype=torch.uint8)
+    return [
+        TensorBatches(
+            images,
+            torch.arange(size),
+            batch_size,
+            generator=None if seed is None else torch.Generator().manual_seed(seed),
+            rank=rank,
+            world_size=world_size,
+        )
+        for rank in range(world_size)
+    ]
 
 
 @pytest.fixture(scope="session")

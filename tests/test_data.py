@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet_lightning.data import DataUnavailableError, MNISTDataModule, TensorBatches
-from tests.conftest import TINY_TEST, TINY_TRAIN
+from lenet_lightning.data import DataUnavailableError, MNISTDataModule
+from tests.conftest import TINY_TEST, TINY_TRAIN, rank_shards
 
 
 def ready_datamodule(data_dir: Path, name: str = "mnist", **kwargs) -> MNISTDataModule:
@@ -89,12 +89,7 @@ def test_shuffling_resumes_from_the_saved_generator_state(tiny_data_dir: Path) -
 
 
 def test_ranks_get_disjoint_shards_that_cover_the_epoch() -> None:
-    labels = torch.arange(10)
-    images = torch.zeros(10, 28, 28, dtype=torch.uint8)
-    shards = [
-        TensorBatches(images, labels, batch_size=4, generator=torch.Generator().manual_seed(0), rank=r, world_size=3)
-        for r in range(3)
-    ]
+    shards = rank_shards(10, world_size=3, batch_size=4, seed=0)
     orders = [shard.indices() for shard in shards]
     assert all(len(order) == 4 for order in orders)  # ceil(10 / 3), padded by wrapping around
     seen = torch.cat(orders).tolist()

@@ -14,10 +14,10 @@ from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _Su
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from lenet_lightning.data import MNISTDataModule, TensorBatches
+from lenet_lightning.data import MNISTDataModule
 from lenet_lightning.module import LeNetClassifier
 from lenet_lightning.pipeline import build
-from tests.conftest import CONFIG_DIR, TINY_TRAIN, write_tiny_dataset
+from tests.conftest import CONFIG_DIR, TINY_TRAIN, rank_shards, write_tiny_dataset
 
 ODD_TEST_SIZE = 101  # not a multiple of the process count: a padded evaluation shard would count one image twice
 
@@ -52,9 +52,7 @@ def odd_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_evaluation_shards_are_disjoint_unpadded_and_cover_the_set() -> None:
-    labels = torch.arange(ODD_TEST_SIZE)
-    images = torch.zeros(ODD_TEST_SIZE, 28, 28, dtype=torch.uint8)
-    shards = [TensorBatches(images, labels, batch_size=8, rank=r, world_size=2) for r in range(2)]
+    shards = rank_shards(ODD_TEST_SIZE, world_size=2, batch_size=8)
     seen = [torch.cat([batch_labels for _, batch_labels in shard]).tolist() for shard in shards]
     assert [len(s) for s in seen] == [51, 50]
     assert [len(shard) for shard in shards] == [7, 7]
@@ -62,12 +60,7 @@ def test_evaluation_shards_are_disjoint_unpadded_and_cover_the_set() -> None:
 
 
 def test_training_shards_reshuffle_every_epoch_identically_on_every_rank() -> None:
-    labels = torch.arange(20)
-    images = torch.zeros(20, 28, 28, dtype=torch.uint8)
-    shards = [
-        TensorBatches(images, labels, batch_size=4, generator=torch.Generator().manual_seed(5), rank=r, world_size=2)
-        for r in range(2)
-    ]
+    shards = rank_shards(20, world_size=2, batch_size=4, seed=5)
     epochs = [[shard.indices().tolist() for shard in shards] for _ in range(2)]
     for rank0, rank1 in epochs:
         assert not set(rank0) & set(rank1)
