@@ -64,10 +64,11 @@ def test_channels_last_trains_the_same_model_as_the_default_layout(make_config, 
     assert channels_last.test_acc == pytest.approx(contiguous.test_acc, abs=0.02)
 
 
-@pytest.mark.skipif(not keep_freed_host_memory(), reason="needs glibc's malloc")
 def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
     """Twenty 8 MB activations allocated and freed in turn: kept for reuse, all of them together fault in fewer
     pages than one block has (with glibc's defaults a fresh process faulted in about eight blocks' worth)."""
+    if not keep_freed_host_memory():
+        pytest.skip("needs glibc's malloc")
     block = 2**21  # float32 elements: 8 MB, below the kept-memory threshold like LeNet's activations
     torch.ones(block)  # the first block may grow the heap once
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
