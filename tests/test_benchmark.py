@@ -28,7 +28,10 @@ def test_each_pipeline_trains_and_reports_throughput_and_accuracy(tiny_data_dir:
 
 
 def test_baselines_train_the_recipes_lenet_from_stock_layers() -> None:
-    """Same weights for the same seed and the same function as the project's LeNet, without its speed-ups."""
+    """Same weights for the same seed and the same function as the project's LeNet, without its speed-ups.
+
+    Outputs agree to float32 rounding: the project's pooling adds each window's four terms in another order.
+    """
     torch.manual_seed(0)
     stock = recipe_lenet()
     torch.manual_seed(0)
@@ -36,7 +39,7 @@ def test_baselines_train_the_recipes_lenet_from_stock_layers() -> None:
     for a, b in zip(stock.parameters(), project.parameters(), strict=True):
         assert torch.equal(a, b)
     images = torch.rand(4, 1, 28, 28)
-    torch.testing.assert_close(stock(images), project(images), rtol=0, atol=0)
+    torch.testing.assert_close(stock(images), project(images))
     assert all(type(layer).__module__.startswith("torch.nn") for layer in stock)
 
 

@@ -1,0 +1,72 @@
+"""The speed-up layers compute what the torch.nn layers they replace compute."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lenet_lightning.layers import AvgPool2d
+from lenet_lightning.model import LeNet
+
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def pooled_with_gradient(pool, images: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    images = images.detach().requires_grad_()
+    pooled = pool(images)
+    (image_grad,) = torch.autograd.grad(pooled, images, grad)
+    return pooled, image_grad
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("shape", [(9, 6, 28, 28), (9, 16, 10, 10), (2, 3, 4, 6)], ids=["pool1", "pool2", "odd"])
+def test_two_by_two_pooling_matches_torch_in_both_layouts(layout: str, shape: tuple[int, ...]) -> None:
+    """Outputs agree to float32 rounding (the four terms are added in another order); gradients exactly."""
+    torch.manual_seed(0)
+    pool = AvgPool2d(kernel_size=2, stride=2)
+    images = torch.randn(shape).to(memory_format=LAYOUTS[layout])
+    assert pool._halves(images)
+    grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+    fast, fast_grad = pooled_with_gradient(pool, images, grad)
+    stock, stock_grad = pooled_with_gradient(lambda x: F.avg_pool2d(x, 2), images, grad)
+    torch.testing.assert_close(fast, stock)
+    assert fast.is_contiguous(memory_format=LAYOUTS[layout])
+    torch.testing.assert_close(fast_grad, stock_grad, rtol=0, atol=0)
+    # A gradient arriving in the other layout (as after Flatten) gives the same numbers.
+    other = torch.channels_last if layout == "contiguous" else torch.contiguous_format
+    _, other_grad = pooled_with_gradient(pool, images, grad.contiguous(memory_format=other))
+    torch.testing.assert_close(other_grad, stock_grad, rtol=0, atol=0)
+
+
+def test_two_by_two_pooling_passes_gradcheck() -> None:
+    images = torch.rand(2, 3, 4, 6, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(AvgPool2d(kernel_size=2, stride=2), (images,))
+
+
+@pytest.mark.parametrize(
+    "settings, shape",
+    [
+        ({"kernel_size": 3, "stride": 2}, (2, 6, 28, 28)),
+        ({"kernel_size": 2, "stride": 2, "padding": 1}, (2, 6, 28, 28)),
+        ({"kernel_size": 2, "stride": 2, "ceil_mode": True}, (2, 6, 27, 27)),
+        ({"kernel_size": 2, "stride": 2}, (2, 6, 27, 28)),
+        ({"kernel_size": 2, "stride": 2}, (6, 28, 28)),
+    ],
+    ids=["kernel3", "padding", "ceil_mode", "odd_height", "unbatched"],
+)
+def test_other_poolings_are_torchs_own(settings: dict, shape: tuple[int, ...]) -> None:
+    pool = AvgPool2d(**settings)
+    images = torch.rand(shape)
+    assert not pool._halves(images)
+    torch.testing.assert_close(pool(images), torch.nn.AvgPool2d(**settings)(images), rtol=0, atol=0)
+
+
+def test_exporters_see_the_stock_pooling_operator() -> None:
+    """torch.export (behind ONNX export) and TorchScript tracing record avg_pool2d, not the additions."""
+    net = LeNet().eval()
+    images = torch.rand(2, 1, 28, 28)
+    exported = torch.export.export(net, (images,))
+    targets = [str(node.target) for node in exported.graph.nodes if node.op == "call_function"]
+    assert sum("avg_pool2d" in target for target in targets) == 2
+    assert not {"aten.add.Tensor", "aten.slice.Tensor", "aten.select.int"} & set(targets)
+    traced = torch.jit.trace(net, images)
+    assert str(traced.inlined_graph).count("aten::avg_pool2d") == 2
