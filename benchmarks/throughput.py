@@ -5,9 +5,9 @@
 - seed:        the original pipeline: torchvision dataset with per-image ToTensor, DataLoader with 4 workers,
                a plain PyTorch loop.
 - floor:       a plain PyTorch loop over in-memory tensors, no framework.
-- floor_tuned: the same loop with the project's model and CPU settings (in-place activations, channels_last
-               weights, freed host memory kept for reuse), so ``project / floor_tuned`` is the cost of the
-               framework alone.
+- floor_tuned: the same loop with the project's model and CPU settings (its layers from
+               ``lenet_lightning.layers``, freed host memory kept for reuse), so ``project / floor_tuned`` is the
+               cost of the framework alone.
 - project:     ``lenet_lightning``'s own Trainer path with the settings ``python -m lenet_lightning.train``
                uses (TensorBoard logger, progress bar, checkpoint after every epoch).
 
@@ -43,7 +43,6 @@ from torchvision import transforms
 from lenet_lightning.data import DATASETS
 from lenet_lightning.host_memory import keep_freed_host_memory
 from lenet_lightning.model import LeNet
-from lenet_lightning.module import lay_out
 from lenet_lightning.pipeline import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +63,9 @@ class Measurement:
 def recipe_lenet() -> nn.Sequential:
     """The recipe's LeNet built from stock torch.nn layers, as the original code has it: the seed and floor model.
 
-    The project's :class:`LeNet` computes the same function with in-place activations and, on the CPU, is laid
-    out channels_last; those are the project's own speed-ups, so the baselines do without them.
+    The project's :class:`LeNet` computes the same function with the layers of ``lenet_lightning.layers`` (in-place
+    activations, CPU pooling and convolution paths); those are the project's own speed-ups, so the baselines do
+    without them.
     """
     net = nn.Sequential(
         nn.Conv2d(1, 6, kernel_size=5, padding=2),
@@ -153,7 +153,6 @@ def run_floor(
     model = LeNet() if tuned else recipe_lenet()
     if tuned:
         keep_freed_host_memory()
-        lay_out(model, "auto", device)
     dataset_class = DATASETS[dataset]
     train = dataset_class(str(data_dir), train=True)
     test = dataset_class(str(data_dir), train=False)

@@ -23,7 +23,7 @@ from lenet_lightning.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
 @dataclass(frozen=True)

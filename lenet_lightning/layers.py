@@ -108,3 +108,85 @@ class AvgPool2d(nn.AvgPool2d):
             and input.device.type == "cpu"
             and (input.is_contiguous() or input.is_contiguous(memory_format=torch.channels_last))
         )
+
+
+class _WeightGradChannelsLast(torch.autograd.Function):
+    """A contiguous (NCHW) convolution whose weight gradient oneDNN computes from channels_last copies.
+
+    Measured on LeNet's second convolution (6 -> 16 channels, batch 256): oneDNN's weight-gradient kernel takes
+    1.25 ms on NCHW data and 0.39 ms (0.5 ms with the two copies) on NHWC data, while the forward and input
+    gradient are faster in NCHW (0.34 vs 0.47 ms and 0.81 vs 1.36 ms). With one input channel NCHW wins
+    throughout, so :class:`Conv2d` takes this path only for several input channels.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, images: Tensor, weight: Tensor, bias: Tensor | None, conv: "Conv2d"
+    ) -> Tensor:
+        ctx.save_for_backward(images, weight)
+        ctx.conv, ctx.has_bias = conv, bias is not None
+        return F.conv2d(images, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        images, weight = ctx.saved_tensors
+        conv = ctx.conv
+        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        needs_images, needs_weight, needs_bias, _ = ctx.needs_input_grad
+
+        def gradients(grad: Tensor, inputs: Tensor, weights: Tensor, mask: list[bool]) -> tuple[Tensor, ...]:
+            return torch.ops.aten.convolution_backward(
+                grad,
+                inputs,
+                weights,
+                bias_sizes,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                False,
+                [0, 0],
+                conv.groups,
+                mask,
+            )
+
+        grad_images = gradients(grad_output, images, weight, [True, False, False])[0] if needs_images else None
+        grad_weight = grad_bias = None
+        if needs_weight or (needs_bias and ctx.has_bias):
+            nhwc = [t.contiguous(memory_format=torch.channels_last) for t in (grad_output, images, weight)]
+            _, grad_weight, grad_bias = gradients(*nhwc, [False, needs_weight, needs_bias and ctx.has_bias])
+            grad_weight = grad_weight.contiguous() if grad_weight is not None else None
+        return grad_images, grad_weight, grad_bias, None
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that, training on the CPU with several input channels, computes its weight gradient by
+    :class:`_WeightGradChannelsLast`; everywhere else (and for TorchScript, compilers and exporters) it is the
+    stock layer."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not torch.jit.is_scripting() and self._splits_layouts(input):
+            return self._split_layouts(input)
+        return self._conv_forward(input, self.weight, self.bias)
+
+    @torch.jit.unused
+    def _split_layouts(self, input: Tensor) -> Tensor:
+        return _WeightGradChannelsLast.apply(input, self.weight, self.bias, self)
+
+    @torch.jit.unused
+    def _splits_layouts(self, input: Tensor) -> bool:
+        return (
+            not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+            and torch.is_grad_enabled()
+            and self.weight.requires_grad
+            and self.in_channels > 1
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and input.dim() == 4
+            and input.device.type == "cpu"
+            and input.is_contiguous()
+            and self.weight.is_contiguous()
+        )

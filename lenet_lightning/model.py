@@ -4,7 +4,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from lenet_lightning.layers import AvgPool2d, InplaceSigmoid, InplaceTanh
+from lenet_lightning.layers import AvgPool2d, Conv2d, InplaceSigmoid, InplaceTanh
 
 # GELU's backward reads its input, so it cannot overwrite it.
 ACTIVATIONS = {
@@ -48,11 +48,11 @@ class LeNet(nn.Module):
             return [nn.Dropout(dropout)] if dropout > 0 else []
 
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, kernel_size=5, padding=2),
+            Conv2d(1, c1, kernel_size=5, padding=2),
             *norm(nn.BatchNorm2d, c1),
             act(),
             pool(kernel_size=2, stride=2),
-            nn.Conv2d(c1, c2, kernel_size=5),
+            Conv2d(c1, c2, kernel_size=5),
             *norm(nn.BatchNorm2d, c2),
             act(),
             pool(kernel_size=2, stride=2),

@@ -5,7 +5,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -20,26 +20,6 @@ SCHEDULERS = {
     "cosine": (torch.optim.lr_scheduler.CosineAnnealingLR, "T_max"),
     "onecycle": (torch.optim.lr_scheduler.OneCycleLR, "total_steps"),
 }
-
-
-def uses_channels_last(memory_format: str, device: torch.device) -> bool:
-    """Whether ``memory_format`` means channels_last on ``device``.
-
-    ``auto`` picks it on the CPU, where oneDNN runs LeNet's training step faster in that layout (measured by
-    ``benchmarks/throughput.py``), and not on GPUs, where it has not been measured to help.
-    """
-    if memory_format == "auto":
-        return device.type == "cpu"
-    return memory_format == "channels_last"
-
-
-def lay_out(net: nn.Module, memory_format: str, device: torch.device) -> None:
-    """Give ``net``'s weights the layout ``memory_format`` means on ``device``.
-
-    In place: the parameters keep their identity, so optimizers and DDP keep seeing the same tensors.
-    """
-    if uses_channels_last(memory_format, device):
-        net.to(memory_format=torch.channels_last)
 
 
 class LeNetClassifier(L.LightningModule):
@@ -61,7 +41,7 @@ class LeNetClassifier(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         augment: dict[str, Any] | None = None,
         compile_mode: str | None = None,
-        memory_format: str = "auto",
+        memory_format: str = "contiguous",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["compile_mode", "memory_format"])  # how it ran, not what it is
@@ -73,8 +53,10 @@ class LeNetClassifier(L.LightningModule):
             )
         if memory_format not in MEMORY_FORMATS:
             raise UserError(f"unknown memory_format {memory_format!r}; choose one of {', '.join(MEMORY_FORMATS)}")
-        self.memory_format = memory_format
         self.net = LeNet(**net, num_classes=num_classes)
+        if memory_format == "channels_last":
+            # In place, before any optimizer or strategy sees the parameters; moving to a device keeps the layout.
+            self.net.to(memory_format=torch.channels_last)
         if compile_mode:
             # In place: the network's forward and backward are compiled (CUDA graphs with "reduce-overhead"),
             # while metric updates stay eager and the state_dict keeps its plain parameter names.
@@ -86,10 +68,6 @@ class LeNetClassifier(L.LightningModule):
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-
-    def setup(self, stage: str) -> None:
-        """Lay out the network's weights for the device it will run on, before the strategy wraps it."""
-        lay_out(self.net, self.memory_format, self.trainer.strategy.root_device)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)

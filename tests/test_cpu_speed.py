@@ -1,4 +1,4 @@
-"""The CPU speed settings: channels_last weights (memory_format) and freed host memory kept for reuse."""
+"""The CPU speed settings: the memory_format knob and freed host memory kept for reuse."""
 
 import resource
 from pathlib import Path
@@ -8,32 +8,15 @@ import torch
 
 from lenet_lightning.host_memory import keep_freed_host_memory
 from lenet_lightning.model import LeNet
-from lenet_lightning.module import uses_channels_last
 from lenet_lightning.pipeline import build, fit
-
-CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-
-
-@pytest.mark.parametrize(
-    ("memory_format", "device", "expected"),
-    [
-        ("auto", CPU, True),
-        ("auto", CUDA, False),
-        ("channels_last", CUDA, True),
-        ("channels_last", CPU, True),
-        ("contiguous", CPU, False),
-    ],
-)
-def test_auto_memory_format_means_channels_last_on_the_cpu_only(memory_format, device, expected) -> None:
-    assert uses_channels_last(memory_format, device) is expected
 
 
 def conv2_weight(module) -> torch.Tensor:
     return module.net.features[3].weight  # 16 x 6 x 5 x 5: its two layouts have different strides
 
 
-def test_cpu_training_lays_weights_out_channels_last_and_saves_plain_weights(make_config) -> None:
-    cfg = make_config("accelerator=cpu", "epochs=1")
+def test_channels_last_lays_weights_out_so_and_saves_plain_weights(make_config) -> None:
+    cfg = make_config("accelerator=cpu", "epochs=1", "memory_format=channels_last")
     datamodule, module, trainer = build(cfg)
     trainer.fit(module, datamodule=datamodule)
     weight = conv2_weight(module)
@@ -46,8 +29,8 @@ def test_cpu_training_lays_weights_out_channels_last_and_saves_plain_weights(mak
     torch.testing.assert_close(plain.eval()(images), module.net.eval()(images))
 
 
-def test_contiguous_memory_format_keeps_the_default_layout(make_config) -> None:
-    datamodule, module, trainer = build(make_config("accelerator=cpu", "epochs=1", "memory_format=contiguous"))
+def test_default_memory_format_keeps_the_default_layout(make_config) -> None:
+    datamodule, module, trainer = build(make_config("accelerator=cpu", "epochs=1"))
     trainer.fit(module, datamodule=datamodule)
     assert conv2_weight(module).is_contiguous()
 

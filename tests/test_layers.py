@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet_lightning.layers import AvgPool2d
+from lenet_lightning.layers import AvgPool2d, Conv2d
 from lenet_lightning.model import LeNet
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -60,13 +60,79 @@ def test_other_poolings_are_torchs_own(settings: dict, shape: tuple[int, ...]) -
     torch.testing.assert_close(pool(images), torch.nn.AvgPool2d(**settings)(images), rtol=0, atol=0)
 
 
-def test_exporters_see_the_stock_pooling_operator() -> None:
-    """torch.export (behind ONNX export) and TorchScript tracing record avg_pool2d, not the additions."""
+def conv_gradients(conv: torch.nn.Conv2d, images: torch.Tensor, grad: torch.Tensor) -> list[torch.Tensor]:
+    conv.zero_grad()
+    images = images.detach().requires_grad_(images.requires_grad)
+    output = conv(images)
+    output.backward(grad)
+    return [output, *(p.grad for p in conv.parameters()), *([images.grad] if images.requires_grad else [])]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("images_need_grad", [True, False])
+def test_split_layout_convolution_matches_torch(bias: bool, images_need_grad: bool) -> None:
+    """LeNet's second convolution: the same outputs and gradients up to float32 rounding of sums of 3,200 terms."""
+    torch.manual_seed(0)
+    fast = Conv2d(6, 16, kernel_size=5, bias=bias)
+    stock = torch.nn.Conv2d(6, 16, kernel_size=5, bias=bias)
+    stock.load_state_dict(fast.state_dict())
+    images = torch.randn(32, 6, 14, 14).requires_grad_(images_need_grad)
+    assert fast._splits_layouts(images)
+    grad = torch.randn(32, 16, 10, 10)
+    fast_results, stock_results = conv_gradients(fast, images, grad), conv_gradients(stock, images, grad)
+    assert len(fast_results) == len(stock_results) == 1 + (2 if bias else 1) + images_need_grad
+    for fast_result, stock_result in zip(fast_results, stock_results, strict=True):
+        assert fast_result.is_contiguous()
+        scale = stock_result.abs().max().item()
+        torch.testing.assert_close(fast_result, stock_result, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_split_layout_convolution_passes_gradcheck() -> None:
+    conv = Conv2d(3, 4, kernel_size=3, padding=1, stride=2, dtype=torch.float64)
+    images = torch.randn(2, 3, 7, 7, dtype=torch.float64, requires_grad=True)
+    assert conv._splits_layouts(images)
+    assert torch.autograd.gradcheck(conv, (images,))
+
+
+@pytest.mark.parametrize(
+    "settings, images",
+    [
+        ({"in_channels": 1, "out_channels": 6, "kernel_size": 5, "padding": 2}, torch.rand(2, 1, 28, 28)),
+        ({"in_channels": 6, "out_channels": 16, "kernel_size": 5, "groups": 2}, torch.rand(2, 6, 14, 14)),
+        ({"in_channels": 6, "out_channels": 16, "kernel_size": 5, "padding": "same"}, torch.rand(2, 6, 14, 14)),
+        (
+            {"in_channels": 6, "out_channels": 16, "kernel_size": 5},
+            torch.rand(2, 6, 14, 14).to(memory_format=torch.channels_last),
+        ),
+    ],
+    ids=["one_input_channel", "groups", "same_padding", "channels_last"],
+)
+def test_other_convolutions_are_torchs_own(settings: dict, images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    conv = Conv2d(**settings)
+    assert not conv._splits_layouts(images)
+    stock = torch.nn.Conv2d(**settings)
+    stock.load_state_dict(conv.state_dict())
+    grad = torch.randn_like(stock(images))
+    for a, b in zip(conv_gradients(conv, images, grad), conv_gradients(stock, images, grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_convolution_without_gradients_is_torchs_own() -> None:
+    conv = Conv2d(6, 16, kernel_size=5)
+    with torch.no_grad():
+        assert not conv._splits_layouts(torch.rand(2, 6, 14, 14))
+
+
+def test_exporters_see_the_stock_operators() -> None:
+    """torch.export (behind ONNX export) and TorchScript tracing record avg_pool2d and conv2d, not the CPU paths."""
     net = LeNet().eval()
     images = torch.rand(2, 1, 28, 28)
     exported = torch.export.export(net, (images,))
     targets = [str(node.target) for node in exported.graph.nodes if node.op == "call_function"]
     assert sum("avg_pool2d" in target for target in targets) == 2
+    assert sum("conv2d" in target for target in targets) == 2
     assert not {"aten.add.Tensor", "aten.slice.Tensor", "aten.select.int"} & set(targets)
     traced = torch.jit.trace(net, images)
     assert str(traced.inlined_graph).count("aten::avg_pool2d") == 2
+    assert str(traced.inlined_graph).count("aten::_convolution") == 2

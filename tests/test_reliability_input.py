@@ -45,7 +45,7 @@ BAD_OVERRIDES = [
     ("epochs=2.5", ("epochs=2.5", "an integer >= 1")),
     ("dataset.batch_size=0", ("dataset.batch_size=0", "an integer >= 1")),
     ("seed=abc", ("seed='abc'", "an integer >= 0")),
-    ("memory_format=nhwc", ("memory_format='nhwc'", "auto, channels_last, contiguous")),
+    ("memory_format=nhwc", ("memory_format='nhwc'", "contiguous, channels_last")),
 ]
 
 
