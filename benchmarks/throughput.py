@@ -164,7 +164,7 @@ def run_floor(
             yield train_images[batch].unsqueeze(1).float() / 255, train_labels[batch]
 
     def test_batches():
-        return zip(test_images.split(1000), test_labels.split(1000), strict=True)
+        return zip(test_images.split(BATCH_SIZE), test_labels.split(BATCH_SIZE), strict=True)
 
     seconds, examples, test_acc = train_epochs_plain(model, train_batches, test_batches, epochs, device)
     return Measurement("floor_tuned" if tuned else "floor", examples / seconds, test_acc)

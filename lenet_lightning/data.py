@@ -89,7 +89,7 @@ class MNISTDataModule(L.LightningDataModule):
         name: str = "mnist",
         data_dir: str = "data",
         batch_size: int = 256,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int = 256,
         val_size: int = 0,
         seed: int = 0,
         download: bool = True,

@@ -114,7 +114,7 @@ class _WeightGradChannelsLast(torch.autograd.Function):
     """A contiguous (NCHW) convolution whose weight gradient oneDNN computes from channels_last copies.
 
     Measured on LeNet's second convolution (6 -> 16 channels, batch 256): oneDNN's weight-gradient kernel takes
-    1.25 ms on NCHW data and 0.39 ms (0.5 ms with the two copies) on NHWC data, while the forward and input
+    1.25 ms on NCHW data and 0.39 ms (0.5 ms with the copies) on NHWC data, while the forward pass and the input
     gradient are faster in NCHW (0.34 vs 0.47 ms and 0.81 vs 1.36 ms). With one input channel NCHW wins
     throughout, so :class:`Conv2d` takes this path only for several input channels.
     """

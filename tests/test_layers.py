@@ -136,3 +136,23 @@ def test_exporters_see_the_stock_operators() -> None:
     traced = torch.jit.trace(net, images)
     assert str(traced.inlined_graph).count("aten::avg_pool2d") == 2
     assert str(traced.inlined_graph).count("aten::_convolution") == 2
+
+
+def autograd_node_names(output: torch.Tensor) -> list[str]:
+    names, pending, seen = [], [output.grad_fn], set()
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(node.name())
+        pending.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_lenet_training_on_the_cpu_takes_both_paths() -> None:
+    """The recipe's network as the Trainer runs it: both poolings and the second convolution use the CPU paths."""
+    logits = LeNet()(torch.rand(4, 1, 28, 28))
+    names = autograd_node_names(logits)
+    assert sum("_HalveBackward" in name for name in names) == 2
+    assert sum("_WeightGradChannelsLastBackward" in name for name in names) == 1
