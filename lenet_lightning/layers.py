@@ -25,6 +25,15 @@ class InplaceTanh(nn.Tanh):
         return torch.tanh_(input)
 
 
+def _windows(images: Tensor) -> Tensor:
+    """An N x C x H x W tensor (contiguous or channels_last) as an N x C x H/2 x 2 x W/2 x 2 view: dims 3 and 5
+    pick the row and the column inside each 2x2 window, whatever the memory layout."""
+    n, c, h, w = images.shape
+    if images.is_contiguous():
+        return images.view(n, c, h // 2, 2, w // 2, 2)
+    return images.permute(0, 2, 3, 1).view(n, h // 2, 2, w // 2, 2, c).permute(0, 5, 1, 2, 3, 4)
+
+
 class _Halve(torch.autograd.Function):
     """2x2, stride-2 average pooling of a CPU tensor as whole-row additions, in either memory layout.
 
@@ -38,33 +47,23 @@ class _Halve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, images: Tensor) -> Tensor:
-        n, c, h, w = images.shape
-        if images.is_contiguous():
-            # NCHW memory as (n, c, h/2, row of the window, w), then each row as (w/2, pixel of the window).
-            windows = images.view(n, c, h // 2, 2, w)
-            rows = (windows[:, :, :, 0] + windows[:, :, :, 1]).view(n, c, h // 2, w // 2, 2)
-            return (rows[..., 0] + rows[..., 1]).mul_(0.25)
-        # NHWC memory as (n, h/2, row of the window, w/2, the window's two pixels x c channels).
-        windows = images.permute(0, 2, 3, 1).view(n, h // 2, 2, w // 2, 2 * c)
-        rows = windows[:, :, 0] + windows[:, :, 1]
-        return (rows[..., :c] + rows[..., c:]).mul_(0.25).permute(0, 3, 1, 2)
+        ctx.layout = torch.contiguous_format if images.is_contiguous() else torch.channels_last
+        windows = _windows(images)
+        rows = windows[:, :, :, 0] + windows[:, :, :, 1]
+        return (rows[..., 0] + rows[..., 1]).mul_(0.25)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_pooled: Tensor) -> Tensor:
         n, c, h, w = grad_pooled.shape
         share = grad_pooled.mul(0.25)
-        if grad_pooled.is_contiguous():
-            grad = grad_pooled.new_empty(n, c, h, 2, w, 2)
-            grad[:, :, :, 0, :, 0] = share
-            grad[:, :, :, 0, :, 1] = share
-            grad[:, :, :, 1] = grad[:, :, :, 0]
-            return grad.view(n, c, 2 * h, 2 * w)
-        share = share.permute(0, 2, 3, 1)
-        grad = grad_pooled.new_empty(n, h, 2, w, 2 * c)
-        grad[:, :, 0, :, :c] = share
-        grad[:, :, 0, :, c:] = share
-        grad[:, :, 1] = grad[:, :, 0]
-        return grad.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+        grad = torch.empty(
+            n, c, 2 * h, 2 * w, dtype=grad_pooled.dtype, device=grad_pooled.device, memory_format=ctx.layout
+        )
+        windows = _windows(grad)
+        windows[:, :, :, 0, :, 0] = share
+        windows[:, :, :, 0, :, 1] = share
+        windows[:, :, :, 1] = windows[:, :, :, 0]
+        return grad
 
 
 class AvgPool2d(nn.AvgPool2d):
@@ -153,9 +152,9 @@ class _WeightGradChannelsLast(torch.autograd.Function):
 
         grad_images = gradients(grad_output, images, weight, [True, False, False])[0] if needs_images else None
         grad_weight = grad_bias = None
-        if needs_weight or (needs_bias and ctx.has_bias):
+        if needs_weight or needs_bias:  # needs_bias is False when there is no bias
             nhwc = [t.contiguous(memory_format=torch.channels_last) for t in (grad_output, images, weight)]
-            _, grad_weight, grad_bias = gradients(*nhwc, [False, needs_weight, needs_bias and ctx.has_bias])
+            _, grad_weight, grad_bias = gradients(*nhwc, [False, needs_weight, needs_bias])
             grad_weight = grad_weight.contiguous() if grad_weight is not None else None
         return grad_images, grad_weight, grad_bias, None
 
