@@ -6,7 +6,8 @@
                a plain PyTorch loop.
 - floor:       a plain PyTorch loop over in-memory tensors, no framework.
 - floor_tuned: the same loop with the project's model and CPU settings (its layers from
-               ``lenet_lightning.layers``, freed host memory kept for reuse), so ``project / floor_tuned`` is the
+               ``lenet_lightning.speed.cpu_layers``, freed host memory kept for reuse), so
+               ``project / floor_tuned`` is the
                cost of the framework alone.
 - project:     ``lenet_lightning``'s own Trainer path with the settings ``python -m lenet_lightning.train``
                uses (TensorBoard logger, progress bar, checkpoint after every epoch).
@@ -40,10 +41,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from lenet_lightning.data import DATASETS
-from lenet_lightning.host_memory import keep_freed_host_memory
-from lenet_lightning.model import LeNet
-from lenet_lightning.pipeline import fit
+from lenet_lightning.data.datamodule import DATASETS
+from lenet_lightning.model.lenet import LeNet
+from lenet_lightning.speed.host_memory import keep_freed_host_memory
+from lenet_lightning.training.run import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "conf"
@@ -63,7 +64,8 @@ class Measurement:
 def recipe_lenet() -> nn.Sequential:
     """The recipe's LeNet built from stock torch.nn layers, as the original code has it: the seed and floor model.
 
-    The project's :class:`LeNet` computes the same function with the layers of ``lenet_lightning.layers`` (in-place
+    The project's :class:`LeNet` computes the same function with the layers of
+    ``lenet_lightning.speed.cpu_layers`` (in-place
     activations, CPU pooling and convolution paths); those are the project's own speed-ups, so the baselines do
     without them.
     """

@@ -1,87 +1,21 @@
-"""Command-line entry point: ``python -m lenet_lightning.eval ckpt_path=...`` (Hydra overrides).
+"""``python -m lenet_lightning.eval ckpt_path=...``: test a trained checkpoint (see ``inference/evaluate.py``).
 
-Evaluates a checkpoint on the official test set with the same metrics as training (so its test acc is
-the run's final test acc), prints a per-class accuracy table, writes ``eval.json`` and draws the
-confusion matrix and the most confident mistakes. Torch and Lightning are imported only once a
-checkpoint is evaluated, so ``--help`` stays quick.
+Torch and Lightning are imported only once a checkpoint is evaluated, so ``--help`` stays quick.
 """
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from lenet_lightning.errors import UserError
+from lenet_lightning.config.errors import UserError
+from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.inference.evaluate import evaluate, report_lines
 
 
-def evaluate(
-    ckpt_path: str | None, data_dir: str | None = None, output: str | None = None, accelerator: str = "auto"
-) -> dict[str, Any]:
-    """Test loss and acc, per-class accuracy and confusion matrix of a checkpoint; figures and events in ``output``."""
-    import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from lenet_lightning.checkpoint_loading import load_checkpoint
-    from lenet_lightning.error_analysis import ErrorAnalysis
-
-    loaded = load_checkpoint(ckpt_path)
-    datamodule = loaded.datamodule(data_dir)
-    output_dir = Path(output) if output else loaded.output_dir("eval")
-    analysis = ErrorAnalysis()
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=TensorBoardLogger(save_dir=output_dir, name="", version="", default_hp_metric=False),
-        callbacks=[analysis],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    metrics = trainer.test(loaded.module, datamodule=datamodule, verbose=False)[0]
-    confusion = analysis.confusion
-    correct, totals = confusion.diag(), confusion.sum(dim=1)
-    return {
-        "checkpoint": str(loaded.path),
-        "dataset": datamodule.name,
-        "test_examples": int(confusion.sum()),
-        "test_loss": metrics["test/loss"],
-        "test_acc": metrics["test/acc"],
-        "per_class": [
-            {"class": name, "correct": int(right), "total": int(total), "accuracy": float(right / total)}
-            for name, right, total in zip(datamodule.classes, correct, totals, strict=True)
-        ],
-        "confusion_matrix": confusion.tolist(),
-        "figures": [str(path) for path in analysis.saved],
-        "output_dir": str(output_dir),
-    }
-
-
-def report_lines(result: dict[str, Any]) -> list[str]:
-    """The console report: overall metrics, then one row per class."""
-    width = max(len(row["class"]) for row in result["per_class"])
-    lines = [
-        f"checkpoint: {result['checkpoint']} ({result['dataset']})",
-        f"test loss {result['test_loss']:.4f}, test acc {result['test_acc']:.4f} "
-        f"on {result['test_examples']} test images",
-        "",
-        f"{'class':<{width}}  correct  total  accuracy",
-    ]
-    lines += [
-        f"{row['class']:<{width}}  {row['correct']:>7}  {row['total']:>5}  {row['accuracy']:>8.4f}"
-        for row in result["per_class"]
-    ]
-    lines += [
-        "",
-        f"figures: {', '.join(result['figures'])}",
-        f"metrics: {Path(result['output_dir']) / 'eval.json'}",
-        f"view in TensorBoard: tensorboard --logdir {result['output_dir']}",
-    ]
-    return lines
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def main(cfg: DictConfig) -> float:
     """Evaluate one checkpoint and return its test accuracy."""
     try:

@@ -1,87 +1,20 @@
-"""Command-line entry point: ``python -m lenet_lightning.predict ckpt_path=... inputs=...`` (Hydra overrides).
+"""``python -m lenet_lightning.predict ckpt_path=... inputs=...``: classify your own pictures.
 
-Classifies your own pictures: each is converted to look like the data set's images (see ``images.py``),
-then classified in batches on the CPU or GPU. Prints one line per picture and optionally writes a CSV.
 Torch and Lightning are imported only once there is something to classify, so ``--help`` stays quick.
 """
 
-import csv
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from lenet_lightning.errors import UserError
-
-TOP_K = 3
-CSV_COLUMNS = ("file", "prediction", "probability", "top3")
-
-
-@dataclass
-class Prediction:
-    """One picture's most likely classes, most likely first."""
-
-    file: Path
-    classes: list[str]
-    probabilities: list[float]
-
-    @property
-    def top(self) -> str:
-        return "; ".join(f"{name} {p:.3f}" for name, p in zip(self.classes, self.probabilities, strict=True))
-
-    def row(self) -> dict[str, str]:
-        return {
-            "file": str(self.file),
-            "prediction": self.classes[0],
-            "probability": f"{self.probabilities[0]:.4f}",
-            "top3": self.top,
-        }
+from lenet_lightning.config.errors import UserError
+from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.inference.predict import TOP_K, predict, write_csv
 
 
-def predict(
-    ckpt_path: str | None,
-    inputs: str | list[str] | None,
-    invert: object = "auto",
-    batch_size: int = 256,
-    accelerator: str = "auto",
-) -> tuple[list[Prediction], list[tuple[Path, str]]]:
-    """Predictions for every readable picture in ``inputs``, and the (file, reason) of those skipped."""
-    import lightning as L
-    import torch
-    from torch.utils.data import DataLoader
-
-    from lenet_lightning.checkpoint_loading import load_checkpoint
-    from lenet_lightning.images import STYLES, find_images, load_images, parse_invert
-
-    paths = find_images(inputs if inputs is not None else [])
-    invert_choice = parse_invert(invert)
-    loaded = load_checkpoint(ckpt_path)
-    pictures = load_images(paths, STYLES[loaded.dataset_name], invert_choice)
-    if not pictures.paths:
-        raise UserError(f"none of the {len(paths)} files could be read as a picture")
-    trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False)
-    batches = trainer.predict(loaded.module, dataloaders=DataLoader(pictures.images, batch_size=batch_size))
-    probabilities = torch.cat(batches).softmax(dim=1)
-    top = probabilities.topk(min(TOP_K, probabilities.shape[1]), dim=1)
-    names = loaded.class_names
-    predictions = [
-        Prediction(file=path, classes=[names[i] for i in indices], probabilities=values.tolist())
-        for path, values, indices in zip(pictures.paths, top.values, top.indices.tolist(), strict=True)
-    ]
-    return predictions, pictures.failures
-
-
-def write_csv(predictions: list[Prediction], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(prediction.row() for prediction in predictions)
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Classify the pictures in ``inputs`` and print (and optionally save) the predictions."""
     inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else cfg.inputs

@@ -17,17 +17,24 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lenet_lightning.config_check import check_command_line, overrides_of, reject_sweeps
-from lenet_lightning.errors import UserError
-from lenet_lightning.launch_guard import ReexecutionInMultirunError
-from lenet_lightning.run_folder import check_writable, merge_overrides, overrides_of_run, quoted, reserve_run_folder
+from lenet_lightning.config.check import check_command_line, overrides_of, reject_sweeps
+from lenet_lightning.config.errors import UserError
+from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.training.launch_guard import ReexecutionInMultirunError
+from lenet_lightning.training.run_folder import (
+    check_writable,
+    merge_overrides,
+    overrides_of_run,
+    quoted,
+    reserve_run_folder,
+)
 
 log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     """Train once and return the final test accuracy, the value Hydra sweepers optimise.
 
@@ -36,9 +43,9 @@ def main(cfg: DictConfig) -> float:
     """
     from lightning.pytorch.utilities import rank_zero_only
 
-    from lenet_lightning.checkpointing import TrainingInterrupted
-    from lenet_lightning.pipeline import fit
-    from lenet_lightning.plots import save_run_curves
+    from lenet_lightning.reporting.plots import save_run_curves
+    from lenet_lightning.training.checkpoints import TrainingInterrupted
+    from lenet_lightning.training.run import fit
 
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     output_dir = Path(cfg.output_dir)

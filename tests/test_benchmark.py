@@ -15,8 +15,8 @@ from benchmarks.throughput import (
     run_project,
     summarize,
 )
-from lenet_lightning.model import LeNet
-from lenet_lightning.pipeline import fit
+from lenet_lightning.model.lenet import LeNet
+from lenet_lightning.training.run import fit
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lenet_lightning.module import LeNetClassifier
+from lenet_lightning.model.classifier import LeNetClassifier
 
 EPOCHS = 3
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from lenet_lightning.data import MNISTDataModule
-from lenet_lightning.pipeline import build
+from lenet_lightning.data.datamodule import MNISTDataModule
+from lenet_lightning.training.run import build
 from tests.conftest import CONFIG_DIR
 
 

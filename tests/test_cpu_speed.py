@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet_lightning.host_memory import keep_freed_host_memory
-from lenet_lightning.model import LeNet
-from lenet_lightning.pipeline import build, fit
+from lenet_lightning.model.lenet import LeNet
+from lenet_lightning.speed.host_memory import keep_freed_host_memory
+from lenet_lightning.training.run import build, fit
 
 
 def conv2_weight(module) -> torch.Tensor:

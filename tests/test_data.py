@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet_lightning.data import DataUnavailableError, MNISTDataModule
+from lenet_lightning.data.datamodule import DataUnavailableError, MNISTDataModule
 from tests.conftest import TINY_TEST, TINY_TRAIN, rank_shards
 
 

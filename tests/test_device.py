@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lenet_lightning.data import MNISTDataModule
-from lenet_lightning.pipeline import build
+from lenet_lightning.data.datamodule import MNISTDataModule
+from lenet_lightning.training.run import build
 
 
 def test_splits_and_batches_stay_on_the_trainers_device(tiny_data_dir: Path) -> None:
@@ -37,7 +37,7 @@ def test_gpu_run_keeps_the_data_set_on_the_gpu(make_config) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_speed_knobs_train_and_save_plain_weights(make_config) -> None:
-    from lenet_lightning.pipeline import fit
+    from lenet_lightning.training.run import fit
 
     cfg = make_config("accelerator=gpu", "epochs=1", "compile=default", "trainer.precision=bf16-mixed")
     result = fit(cfg)

@@ -8,9 +8,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lenet_lightning.error_analysis import CONFUSION_TAG, MISCLASSIFIED_TAG
-from lenet_lightning.eval import evaluate
-from lenet_lightning.pipeline import fit
+from lenet_lightning.inference.evaluate import evaluate
+from lenet_lightning.reporting.error_analysis import CONFUSION_TAG, MISCLASSIFIED_TAG
+from lenet_lightning.training.run import fit
 from tests.conftest import CONFIG_DIR, TINY_TEST
 
 REAL_DATA = os.environ.get("LENET_DATA_DIR")

@@ -11,9 +11,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from lenet_lightning.checkpoint_loading import load_checkpoint
-from lenet_lightning.export import export
-from lenet_lightning.pipeline import fit
+from lenet_lightning.inference.checkpoint import load_checkpoint
+from lenet_lightning.inference.export import export
+from lenet_lightning.training.run import fit
 from tests.conftest import CONFIG_DIR
 
 TOLERANCE = 1e-4  # float32 logits of a 61k-parameter net; observed differences are around 1e-6

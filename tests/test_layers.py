@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet_lightning.layers import AvgPool2d, Conv2d
-from lenet_lightning.model import LeNet
+from lenet_lightning.model.lenet import LeNet
+from lenet_lightning.speed.cpu_layers import AvgPool2d, Conv2d
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 

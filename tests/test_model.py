@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lenet_lightning.model import LeNet
+from lenet_lightning.model.lenet import LeNet
 
 RECIPE_SHAPES = [
     ("Conv2d", (6, 28, 28)),

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from lenet_lightning.checkpoint_loading import load_checkpoint
-from lenet_lightning.data import DATASETS
-from lenet_lightning.errors import UserError
-from lenet_lightning.images import STYLES, find_images, load_images, parse_invert, to_dataset_image
-from lenet_lightning.pipeline import fit
+from lenet_lightning.config.errors import UserError
+from lenet_lightning.data.datamodule import DATASETS
+from lenet_lightning.data.pictures import STYLES, find_images, load_images, parse_invert, to_dataset_image
+from lenet_lightning.inference.checkpoint import load_checkpoint
+from lenet_lightning.training.run import fit
 from tests.conftest import write_idx
 
 REAL_DATA = os.environ.get("LENET_DATA_DIR")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lenet_lightning.pipeline import fit
+from lenet_lightning.training.run import fit
 
 REAL_DATA = os.environ.get("LENET_DATA_DIR")
 pytestmark = pytest.mark.skipif(not REAL_DATA, reason="set LENET_DATA_DIR to a folder with MNIST/ and FashionMNIST/")

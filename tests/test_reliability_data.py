@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from torchvision.datasets import MNIST
 
-from lenet_lightning.data import MNISTDataModule
-from lenet_lightning.data_files import CorruptDataError, DataUnavailableError, ensure_dataset_files, find_problems
+from lenet_lightning.data.datamodule import MNISTDataModule
+from lenet_lightning.data.files import CorruptDataError, DataUnavailableError, ensure_dataset_files, find_problems
 from tests.conftest import IDX_FILES, REPO_ROOT, write_idx, write_tiny_dataset
 
 OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
@@ -122,7 +122,7 @@ RACE_SCRIPT = textwrap.dedent(
     import shutil, sys, time
     from pathlib import Path
     from torchvision.datasets import MNIST
-    from lenet_lightning.data_files import ensure_dataset_files
+    from lenet_lightning.data.files import ensure_dataset_files
 
     source, target, log = map(Path, sys.argv[1:4])
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet_lightning.errors import UserError
+from lenet_lightning.config.errors import UserError
 from lenet_lightning.train import prepare_command_line
 
 ONE_LINE_LIMIT_S = 10

@@ -14,9 +14,9 @@ from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _Su
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from lenet_lightning.data import MNISTDataModule
-from lenet_lightning.module import LeNetClassifier
-from lenet_lightning.pipeline import build
+from lenet_lightning.data.datamodule import MNISTDataModule
+from lenet_lightning.model.classifier import LeNetClassifier
+from lenet_lightning.training.run import build
 from tests.conftest import CONFIG_DIR, TINY_TRAIN, rank_shards, write_tiny_dataset
 
 ODD_TEST_SIZE = 101  # not a multiple of the process count: a padded evaluation shard would count one image twice

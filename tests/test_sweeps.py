@@ -9,8 +9,8 @@ import pytest
 from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-from lenet_lightning.run_records import best_test_acc, read_run
-from lenet_lightning.sweep_summary import collect_runs
+from lenet_lightning.reporting.records import best_test_acc, read_run
+from lenet_lightning.reporting.sweep_summary import collect_runs
 
 # ReLU learns the tiny data within two epochs, so the runs differ and their order means something.
 TINY_SWEEP = ("epochs=2", "model.activation=relu")

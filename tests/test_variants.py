@@ -10,10 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lenet_lightning.augment import shift_and_flip
-from lenet_lightning.errors import UserError
-from lenet_lightning.model import LeNet
-from lenet_lightning.pipeline import build, fit
+from lenet_lightning.config.errors import UserError
+from lenet_lightning.data.augment import shift_and_flip
+from lenet_lightning.model.lenet import LeNet
+from lenet_lightning.training.run import build, fit
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -19,7 +19,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
-from lenet_lightning.data import MNISTDataModule, TensorBatches
+from lenet_lightning.data.datamodule import MNISTDataModule, TensorBatches
 
 CONFUSION_TAG = "test/confusion_matrix"
 MISCLASSIFIED_TAG = "test/misclassified"

@@ -12,12 +12,13 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_lightning.checkpointing import load_checkpoint_safely
-from lenet_lightning.data import DATASETS, MNISTDataModule
-from lenet_lightning.errors import UserError
-from lenet_lightning.module import LeNetClassifier
+from lenet_lightning.config.errors import UserError
+from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.data.datamodule import DATASETS, MNISTDataModule
+from lenet_lightning.model.classifier import LeNetClassifier
+from lenet_lightning.training.checkpoints import load_checkpoint_safely
 
-TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "train.yaml"
+TRAIN_CONFIG = CONFIG_DIR / "train.yaml"
 CHECKPOINT_HINT = "pass ckpt_path=outputs/runs/<date>/<time>/checkpoints/last.ckpt (or the run folder)"
 
 

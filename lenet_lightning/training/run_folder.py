@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lenet_lightning.errors import UserError
+from lenet_lightning.config.errors import UserError
 
 MIN_FREE_BYTES = 20 * 2**20  # a LeNet run writes ~2 MB (checkpoint, its temporary copy, event files)
 PROBE_BYTES = 2**20

@@ -9,10 +9,10 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lenet_lightning.augment import shift_and_flip
-from lenet_lightning.config_check import MEMORY_FORMATS
-from lenet_lightning.errors import UserError
-from lenet_lightning.model import LeNet
+from lenet_lightning.config.check import MEMORY_FORMATS
+from lenet_lightning.config.errors import UserError
+from lenet_lightning.data.augment import shift_and_flip
+from lenet_lightning.model.lenet import LeNet
 
 # Learning-rate schedules by config name, with the argument that takes the run's length in optimizer steps:
 # each is stepped once per batch, over the whole run.

@@ -16,14 +16,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
-from lenet_lightning.checkpointing import checkpoint_to_resume, interruption_of
-from lenet_lightning.config_check import validate_config
-from lenet_lightning.data import MNISTDataModule
-from lenet_lightning.divergence import TrainingDiverged
-from lenet_lightning.launch_guard import refuse_reexecution_in_multirun
-from lenet_lightning.module import LeNetClassifier
-from lenet_lightning.run_folder import check_writable
-from lenet_lightning.throughput import EpochTimer
+from lenet_lightning.config.check import validate_config
+from lenet_lightning.data.datamodule import MNISTDataModule
+from lenet_lightning.model.classifier import LeNetClassifier
+from lenet_lightning.training.checkpoints import checkpoint_to_resume, interruption_of
+from lenet_lightning.training.divergence import TrainingDiverged
+from lenet_lightning.training.launch_guard import refuse_reexecution_in_multirun
+from lenet_lightning.training.run_folder import check_writable
+from lenet_lightning.training.throughput import EpochTimer
 
 REPORTED_METRICS = ("train/loss", "train/acc", "test/acc")
 THROUGHPUT_KEY = "examples_per_second"
@@ -138,7 +138,7 @@ def fit(cfg: DictConfig) -> RunResult:
     """Check, seed, build, train with per-epoch test evaluation, and return the final metrics.
 
     Bad input raises :class:`UserError` before any data is read; a diverged run returns status
-    ``diverged``; SIGTERM or Ctrl-C raise :class:`~lenet_lightning.checkpointing.TrainingInterrupted`.
+    ``diverged``; SIGTERM or Ctrl-C raise :class:`~lenet_lightning.training.checkpoints.TrainingInterrupted`.
     With several processes the metrics are the synchronised ones of rank 0, also in the process that
     launched them (``ddp_spawn``).
     """

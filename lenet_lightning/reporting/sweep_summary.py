@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lenet_lightning.run_records import RunRecord, read_run
+from lenet_lightning.reporting.records import RunRecord, read_run
 
 STATUS_ORDER = {"completed": 0, "diverged": 1}  # anything else ("failed") sorts last
 CSV_NAME, MARKDOWN_NAME = "summary.csv", "summary.md"
@@ -87,7 +87,7 @@ def markdown_table(runs: list[RunRecord]) -> str:
 
 def write_summary(sweep_dir: Path, exclude: frozenset[str] = frozenset()) -> list[RunRecord]:
     """Write ``summary.csv``, ``summary.md`` and the plots into the sweep folder and return the rows."""
-    from lenet_lightning.plots import save_test_acc_curves, save_test_acc_vs_lr
+    from lenet_lightning.reporting.plots import save_test_acc_curves, save_test_acc_vs_lr
 
     runs = collect_runs(sweep_dir, exclude)
     write_csv(runs, sweep_dir / CSV_NAME)

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 from torchvision.datasets import MNIST, FashionMNIST
 
-from lenet_lightning.data_files import DataUnavailableError as DataUnavailableError  # raised by prepare_data
-from lenet_lightning.data_files import ensure_dataset_files, expected_names
+from lenet_lightning.data.files import DataUnavailableError as DataUnavailableError  # raised by prepare_data
+from lenet_lightning.data.files import ensure_dataset_files, expected_names
 
 DATASETS: dict[str, type[MNIST]] = {"mnist": MNIST, "fashion": FashionMNIST}
 

@@ -19,9 +19,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from lenet_lightning.errors import UserError
+from lenet_lightning.config.errors import UserError
+from lenet_lightning.config.location import CONFIG_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 

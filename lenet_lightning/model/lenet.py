@@ -4,7 +4,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from lenet_lightning.layers import AvgPool2d, Conv2d, InplaceSigmoid, InplaceTanh
+from lenet_lightning.speed.cpu_layers import AvgPool2d, Conv2d, InplaceSigmoid, InplaceTanh
 
 # GELU's backward reads its input, so it cannot overwrite it.
 ACTIVATIONS = {

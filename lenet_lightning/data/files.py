@@ -20,7 +20,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from torchvision.datasets import MNIST
 
-from lenet_lightning.errors import UserError
+from lenet_lightning.config.errors import UserError
 
 DOWNLOAD_TIMEOUT_S = 10  # per network operation: a dead network fails in seconds, never hangs
 LOCK_TIMEOUT_S = 600  # another process's download of ~55 MB

@@ -11,7 +11,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from lenet_lightning.run_records import RunRecord, read_curves
+from lenet_lightning.reporting.records import RunRecord, read_curves
 
 RUN_CURVES = (("train/loss", "train loss", "-"), ("train/acc", "train acc", "--"), ("test/acc", "test acc", "-."))
 MAX_LABELLED_LRS = 10  # up to this many distinct lr values get a tick each; more get the usual log ticks

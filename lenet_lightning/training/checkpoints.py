@@ -25,7 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
-from lenet_lightning.errors import UserError
+from lenet_lightning.config.errors import UserError
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 

@@ -1,0 +1,74 @@
+"""Evaluate a checkpoint on the official test set with the training metrics.
+
+Evaluates a checkpoint on the official test set with the same metrics as training (so its test acc is
+the run's final test acc), prints a per-class accuracy table, writes ``eval.json`` and draws the
+confusion matrix and the most confident mistakes. Torch and Lightning are imported only once a
+checkpoint is evaluated, so ``--help`` stays quick.
+"""
+
+from pathlib import Path
+from typing import Any
+
+
+def evaluate(
+    ckpt_path: str | None, data_dir: str | None = None, output: str | None = None, accelerator: str = "auto"
+) -> dict[str, Any]:
+    """Test loss and acc, per-class accuracy and confusion matrix of a checkpoint; figures and events in ``output``."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lenet_lightning.inference.checkpoint import load_checkpoint
+    from lenet_lightning.reporting.error_analysis import ErrorAnalysis
+
+    loaded = load_checkpoint(ckpt_path)
+    datamodule = loaded.datamodule(data_dir)
+    output_dir = Path(output) if output else loaded.output_dir("eval")
+    analysis = ErrorAnalysis()
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=TensorBoardLogger(save_dir=output_dir, name="", version="", default_hp_metric=False),
+        callbacks=[analysis],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    metrics = trainer.test(loaded.module, datamodule=datamodule, verbose=False)[0]
+    confusion = analysis.confusion
+    correct, totals = confusion.diag(), confusion.sum(dim=1)
+    return {
+        "checkpoint": str(loaded.path),
+        "dataset": datamodule.name,
+        "test_examples": int(confusion.sum()),
+        "test_loss": metrics["test/loss"],
+        "test_acc": metrics["test/acc"],
+        "per_class": [
+            {"class": name, "correct": int(right), "total": int(total), "accuracy": float(right / total)}
+            for name, right, total in zip(datamodule.classes, correct, totals, strict=True)
+        ],
+        "confusion_matrix": confusion.tolist(),
+        "figures": [str(path) for path in analysis.saved],
+        "output_dir": str(output_dir),
+    }
+
+
+def report_lines(result: dict[str, Any]) -> list[str]:
+    """The console report: overall metrics, then one row per class."""
+    width = max(len(row["class"]) for row in result["per_class"])
+    lines = [
+        f"checkpoint: {result['checkpoint']} ({result['dataset']})",
+        f"test loss {result['test_loss']:.4f}, test acc {result['test_acc']:.4f} "
+        f"on {result['test_examples']} test images",
+        "",
+        f"{'class':<{width}}  correct  total  accuracy",
+    ]
+    lines += [
+        f"{row['class']:<{width}}  {row['correct']:>7}  {row['total']:>5}  {row['accuracy']:>8.4f}"
+        for row in result["per_class"]
+    ]
+    lines += [
+        "",
+        f"figures: {', '.join(result['figures'])}",
+        f"metrics: {Path(result['output_dir']) / 'eval.json'}",
+        f"view in TensorBoard: tensorboard --logdir {result['output_dir']}",
+    ]
+    return lines

@@ -1,0 +1,1 @@
+"""LeNet as a plain ``nn.Module`` and the LightningModule that trains it."""

@@ -1,0 +1,1 @@
+"""What runs and sweeps leave behind for people: run records, sweep summaries, plots, error analysis."""

@@ -1,0 +1,1 @@
+"""A training run: build and fit, its callbacks, its checkpoints and its run folder."""
