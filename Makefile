@@ -1,26 +1,37 @@
-# Two entry points for a fresh clone: `make train` and `make test` create .venv when it is missing.
+# Entry points for a fresh clone: each target creates .venv when it is missing.
+#   make train ARGS="dataset=fashion"   installs what training needs, then trains
+#   make test                           installs the dev extras, runs every test (what CI runs)
+#   make test-fast                      the edit loop: pytest -m "not slow", under a minute
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet --constraint .ci/constraints.txt
 
-.PHONY: train test lint format
+.PHONY: train test test-fast lint format
 
-$(BIN)/python: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(VENV)/.installed-train: pyproject.toml .ci/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
-	touch $(BIN)/python
+	$(PIP) -e .
+	touch $@
 
-train: $(BIN)/python
+$(VENV)/.installed-dev: $(VENV)/.installed-train
+	$(PIP) -e ".[dev]"
+	touch $@
+
+train: $(VENV)/.installed-train
 	$(BIN)/python -m lenet_lightning.train $(ARGS)
 
-test: $(BIN)/python
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(BIN)/python
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(BIN)/python
+format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
