@@ -5,12 +5,14 @@
 - seed:        the original pipeline: torchvision dataset with per-image ToTensor, DataLoader with 4 workers,
                a plain PyTorch loop.
 - floor:       a plain PyTorch loop over in-memory tensors, no framework.
-- floor_tuned: the same loop with the project's model and CPU settings (its layers from
-               ``lenet_lightning.speed.cpu_layers``, freed host memory kept for reuse), so
-               ``project / floor_tuned`` is the
-               cost of the framework alone.
+- floor_tuned: the same loop with the project's CPU settings (``convert_to_fast_cpu_layers`` on the same
+               model, freed host memory kept for reuse), so ``project / floor_tuned`` is the cost of the
+               framework alone.
 - project:     ``lenet_lightning``'s own Trainer path with the settings ``python -m lenet_lightning.train``
-               uses (TensorBoard logger, progress bar, checkpoint after every epoch).
+               uses (TensorBoard logger, progress bar, checkpoint after every epoch, ``fast_cpu_layers`` on).
+
+All four build the project's LeNet (the recipe's, in stock torch.nn layers); floor_tuned and project then swap
+in the CPU layers.
 
 Each figure is training examples per second of wall clock over the training epochs, each epoch's test-set
 evaluation included (data loading, start-up and model building excluded, for all alike). Every measurement
@@ -37,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
-from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from lenet_lightning.data.datamodule import DATASETS
 from lenet_lightning.model.lenet import LeNet
+from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
 from lenet_lightning.speed.host_memory import keep_freed_host_memory
 from lenet_lightning.training.run import fit
 
@@ -59,34 +61,6 @@ class Measurement:
     pipeline: str
     examples_per_second: float
     test_acc: float
-
-
-def recipe_lenet() -> nn.Sequential:
-    """The recipe's LeNet built from stock torch.nn layers, as the original code has it: the seed and floor model.
-
-    The project's :class:`LeNet` computes the same function with the layers of
-    ``lenet_lightning.speed.cpu_layers`` (in-place
-    activations, CPU pooling and convolution paths); those are the project's own speed-ups, so the baselines do
-    without them.
-    """
-    net = nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2),
-        nn.Sigmoid(),
-        nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5),
-        nn.Sigmoid(),
-        nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120),
-        nn.Sigmoid(),
-        nn.Linear(120, 84),
-        nn.Sigmoid(),
-        nn.Linear(84, 10),
-    )
-    for layer in net:
-        if isinstance(layer, nn.Conv2d | nn.Linear):
-            nn.init.xavier_uniform_(layer.weight)
-    return net
 
 
 def train_epochs_plain(
@@ -142,7 +116,7 @@ def run_seed(data_dir: Path, dataset: str, epochs: int, seed: int, accelerator: 
         train_loader = DataLoader(train, batch_size=BATCH_SIZE, shuffle=True, num_workers=4)
         test_loader = DataLoader(test, batch_size=BATCH_SIZE, shuffle=False, num_workers=4)
         seconds, examples, test_acc = train_epochs_plain(
-            recipe_lenet(), lambda: train_loader, lambda: test_loader, epochs, torch_device(accelerator)
+            LeNet(), lambda: train_loader, lambda: test_loader, epochs, torch_device(accelerator)
         )
     return Measurement("seed", examples / seconds, test_acc)
 
@@ -152,8 +126,9 @@ def run_floor(
 ) -> Measurement:
     torch.manual_seed(seed)
     device = torch_device(accelerator)
-    model = LeNet() if tuned else recipe_lenet()
+    model = LeNet()
     if tuned:
+        convert_to_fast_cpu_layers(model)
         keep_freed_host_memory()
     dataset_class = DATASETS[dataset]
     train = dataset_class(str(data_dir), train=True)

@@ -4,28 +4,38 @@ Torch and Lightning are imported only once a checkpoint is evaluated, so ``--hel
 """
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from lenet_lightning.config.check import check_sweep_job
+from lenet_lightning.config.command import exit_bad_input, run_command
 from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.location import CONFIG_DIR
 from lenet_lightning.inference.evaluate import evaluate, report_lines
 
+log = logging.getLogger(__name__)
+
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def main(cfg: DictConfig) -> float:
+def evaluate_checkpoint(cfg: DictConfig) -> float:
     """Evaluate one checkpoint and return its test accuracy."""
     try:
+        check_sweep_job(cfg)
         result = evaluate(cfg.ckpt_path, data_dir=cfg.data_dir, output=cfg.output, accelerator=cfg.accelerator)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input(error)
     (Path(result["output_dir"]) / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("\n".join(report_lines(result)))
+    for line in report_lines(result):
+        log.info(line)
     return result["test_acc"]
+
+
+def main() -> None:
+    """Run from the command line: bad input is reported in one line with exit status 2, before any work."""
+    run_command(evaluate_checkpoint, "eval")
 
 
 if __name__ == "__main__":

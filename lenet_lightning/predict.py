@@ -3,36 +3,46 @@
 Torch and Lightning are imported only once there is something to classify, so ``--help`` stays quick.
 """
 
-import sys
+import logging
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, ListConfig
 
+from lenet_lightning.config.check import check_sweep_job
+from lenet_lightning.config.command import exit_bad_input, run_command
 from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.location import CONFIG_DIR
 from lenet_lightning.inference.predict import TOP_K, predict, write_csv
 
+log = logging.getLogger(__name__)
+
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
-def main(cfg: DictConfig) -> None:
+def classify(cfg: DictConfig) -> None:
     """Classify the pictures in ``inputs`` and print (and optionally save) the predictions."""
     inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else cfg.inputs
     try:
+        check_sweep_job(cfg)
         predictions, failures = predict(cfg.ckpt_path, inputs, cfg.invert, cfg.batch_size, cfg.accelerator)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input(error)
     for path, reason in failures:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        log.warning("skipped %s: %s", path, reason)
     width = max(len(str(prediction.file)) for prediction in predictions)
-    print(f"{'file':<{width}}  {'prediction':<12} probability  top-{TOP_K}")
+    rows = [f"{'file':<{width}}  {'prediction':<12} probability  top-{TOP_K}"]
     for prediction in predictions:
         row = prediction.row()
-        print(f"{row['file']:<{width}}  {row['prediction']:<12} {row['probability']:>11}  {row['top3']}")
+        rows.append(f"{row['file']:<{width}}  {row['prediction']:<12} {row['probability']:>11}  {row['top3']}")
+    log.info("\n".join(rows))
     if cfg.output:
         write_csv(predictions, Path(cfg.output))
-        print(f"predictions written to {cfg.output}")
+        log.info("predictions written to %s", cfg.output)
+
+
+def main() -> None:
+    """Run from the command line: bad input is reported in one line with exit status 2, before any work."""
+    run_command(classify, "predict")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,21 @@ from lenet_lightning.data.datamodule import TensorBatches
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
+REAL_DATA_DIR = os.environ.get("LENET_DATA_DIR")  # CI points it at ../shared/datasets
 TINY_TRAIN, TINY_TEST = 512, 128
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection, which must see the added slow marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """real_data tests are slow too and need LENET_DATA_DIR; gpu tests need CUDA: both are skipped without."""
+    for item in items:
+        if item.get_closest_marker("real_data"):
+            item.add_marker(pytest.mark.slow)
+            if not REAL_DATA_DIR:
+                item.add_marker(pytest.mark.skip(reason="set LENET_DATA_DIR to a folder with MNIST/ and FashionMNIST/"))
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -1,22 +1,18 @@
-"""The throughput benchmark's three pipelines run on tiny data and report what they measure."""
+"""The throughput benchmark's four pipelines run on tiny data, train what they claim, and report it."""
 
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from benchmarks.throughput import (
-    PIPELINES,
-    accuracy_comparable,
-    benchmark,
-    format_table,
-    recipe_lenet,
-    run_project,
-    summarize,
-)
+import benchmarks.throughput
+from benchmarks.throughput import PIPELINES, accuracy_comparable, benchmark, format_table, run_project, summarize
 from lenet_lightning.model.lenet import LeNet
-from lenet_lightning.training.run import fit
+from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
+from lenet_lightning.training.run import RunResult, fit
+from tests.conftest import TINY_TEST
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
@@ -24,31 +20,56 @@ def test_each_pipeline_trains_and_reports_throughput_and_accuracy(tiny_data_dir:
     measurement = PIPELINES[name](tiny_data_dir, "mnist", 1, 0)
     assert measurement.pipeline == name
     assert measurement.examples_per_second > 0 and math.isfinite(measurement.examples_per_second)
-    assert 0.0 <= measurement.test_acc <= 1.0
+    correct = measurement.test_acc * TINY_TEST  # the accuracy counts every tiny test image once
+    assert correct == pytest.approx(round(correct)) and 0 <= round(correct) <= TINY_TEST
 
 
-def test_baselines_train_the_recipes_lenet_from_stock_layers() -> None:
-    """Same weights for the same seed and the same function as the project's LeNet, without its speed-ups.
-
-    Outputs agree to float32 rounding: the project's pooling adds each window's four terms in another order.
-    """
+@pytest.mark.parametrize("name", ["seed", "floor", "floor_tuned"])
+def test_plain_loops_train_the_projects_lenet_stock_or_converted(
+    tiny_data_dir: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """seed and floor train the stock network, floor_tuned the one training swaps in; all from the same weights."""
+    trained = []
+    monkeypatch.setattr(
+        benchmarks.throughput, "train_epochs_plain", lambda model, *_: trained.append(model) or (1.0, 1, 0.5)
+    )
+    PIPELINES[name](tiny_data_dir, "mnist", 1, 0)
     torch.manual_seed(0)
-    stock = recipe_lenet()
-    torch.manual_seed(0)
-    project = LeNet()
-    for a, b in zip(stock.parameters(), project.parameters(), strict=True):
+    expected = LeNet()
+    if name == "floor_tuned":
+        convert_to_fast_cpu_layers(expected)
+    (model,) = trained
+    assert [type(layer) for layer in model.modules()] == [type(layer) for layer in expected.modules()]
+    for a, b in zip(model.state_dict().values(), expected.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    images = torch.rand(4, 1, 28, 28)
-    torch.testing.assert_close(stock(images), project(images))
-    assert all(type(layer).__module__.startswith("torch.nn") for layer in stock)
 
 
+def test_project_pipeline_runs_with_the_training_commands_settings(
+    tiny_data_dir: Path, make_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config ``python -m lenet_lightning.train`` composes (fast_cpu_layers on), but for the run's own keys."""
+    configs = []
+
+    def fake_fit(cfg):
+        configs.append(cfg)
+        return RunResult("completed", 0.0, 0.0, 0.5, 1.0, "cpu", Path(cfg.output_dir))
+
+    monkeypatch.setattr(benchmarks.throughput, "fit", fake_fit)
+    run_project(tiny_data_dir, "fashion", 2, 3)
+    (benchmarked,) = configs
+    normal = make_config("dataset=fashion", "epochs=2", "seed=3", "accelerator=cpu", output_dir=benchmarked.output_dir)
+    assert benchmarked.fast_cpu_layers is True
+    assert OmegaConf.to_container(benchmarked) == OmegaConf.to_container(normal)
+
+
+@pytest.mark.slow
 def test_project_pipeline_is_the_normal_training_run(tiny_data_dir: Path, make_config) -> None:
     benchmarked = run_project(tiny_data_dir, "fashion", 2, 3)
     normal = fit(make_config("dataset=fashion", "epochs=2", "seed=3", "accelerator=cpu"))
     assert benchmarked.test_acc == normal.test_acc
 
 
+@pytest.mark.slow
 def test_one_round_runs_every_pipeline_in_its_own_process_and_tabulates_ratios(tiny_data_dir: Path) -> None:
     measurements = benchmark(tiny_data_dir, "mnist", epochs=1, rounds=1, warm_up=False)
     assert {name: [m.pipeline for m in runs] for name, runs in measurements.items()} == {
@@ -60,4 +81,11 @@ def test_one_round_runs_every_pipeline_in_its_own_process_and_tabulates_ratios(t
     assert project["vs_floor"] == project["examples_per_second"] / table["floor"]["examples_per_second"]
     assert project["vs_floor_tuned"] == project["examples_per_second"] / table["floor_tuned"]["examples_per_second"]
     assert "| project |" in format_table(table)
-    assert isinstance(accuracy_comparable(table), bool)
+
+
+def test_accuracy_check_flags_pipelines_that_learned_differently() -> None:
+    def table(*accuracies: float) -> dict[str, dict[str, float]]:
+        return {f"pipeline{i}": {"test_acc": acc} for i, acc in enumerate(accuracies)}
+
+    assert accuracy_comparable(table(0.86, 0.89, 0.90))
+    assert not accuracy_comparable(table(0.86, 0.11))

@@ -4,11 +4,13 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lenet_lightning.model.classifier import LeNetClassifier
 
+pytestmark = pytest.mark.slow  # every test runs the command line in a subprocess
 EPOCHS = 3
 
 

@@ -14,7 +14,9 @@ def options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["dataset", "model", "optimizer", "trainer", "callbacks", "logger"])
+@pytest.mark.parametrize(
+    "group", ["dataset", "model", "optimizer", "scheduler", "augment", "trainer", "callbacks", "logger"]
+)
 def test_every_option_of_every_group_composes_and_builds(make_config, group: str) -> None:
     for option in options(group):
         cfg = make_config(f"{group}={option}", "accelerator=cpu")
@@ -26,6 +28,7 @@ def test_every_option_of_every_group_composes_and_builds(make_config, group: str
 def test_defaults_are_the_recipe(make_config) -> None:
     cfg = make_config()
     assert (cfg.lr, cfg.epochs, cfg.accelerator, cfg.seed) == (0.9, 10, "auto", 0)
+    assert (cfg.compile, cfg.memory_format, cfg.fast_cpu_layers) == (None, "contiguous", True)
     assert cfg.dataset.name == "mnist" and cfg.dataset.batch_size == 256 and cfg.dataset.val_size == 0
     assert dict(cfg.model) == {"activation": "sigmoid", "pooling": "avg", "batch_norm": False, "dropout": 0.0}
     assert cfg.optimizer.lr == 0.9 and cfg.optimizer.momentum == 0.0 and cfg.optimizer.weight_decay == 0.0
@@ -74,3 +77,17 @@ def test_outputs_go_under_the_run_folder(make_config, tmp_path: Path) -> None:
     assert Path(logger.log_dir) == tmp_path / "run"
     assert cfg.callbacks.model_checkpoint.dirpath == str(tmp_path / "run" / "checkpoints")
     assert cfg.trainer.default_root_dir == str(tmp_path / "run")
+
+
+def test_values_come_from_the_yaml_files_typed_by_the_schema(make_config) -> None:
+    """conf/ holds every value; the schema only types them, so the composed values have the schema's types."""
+    cfg = make_config("lr=1", "model.dropout=0")
+    assert isinstance(cfg.lr, float) and isinstance(cfg.model.dropout, float)
+    assert isinstance(cfg.optimizer.lr, float) and cfg.optimizer.lr == 1.0  # ${lr}, converted on access
+
+
+def test_library_groups_stay_open_to_new_keyword_arguments(make_config) -> None:
+    cfg = make_config("+trainer.gradient_clip_val=0.5", "~callbacks.error_analysis", "+logger.flush_secs=5")
+    _, _, trainer = build(cfg)
+    assert trainer.gradient_clip_val == 0.5
+    assert "error_analysis" not in cfg.callbacks

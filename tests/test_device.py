@@ -27,15 +27,14 @@ def test_splits_and_batches_stay_on_the_trainers_device(tiny_data_dir: Path) -> 
     assert test_images.device.type == "meta"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_gpu_run_keeps_the_data_set_on_the_gpu(make_config) -> None:
     datamodule, module, trainer = build(make_config("accelerator=gpu", "epochs=1"))
     trainer.fit(module, datamodule=datamodule)
     assert all(tensor.is_cuda for split in datamodule.splits.values() for tensor in split)
-    assert 0.0 <= float(trainer.callback_metrics["test/acc"]) <= 1.0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_gpu_speed_knobs_train_and_save_plain_weights(make_config) -> None:
     from lenet_lightning.training.run import fit
 
@@ -43,4 +42,4 @@ def test_gpu_speed_knobs_train_and_save_plain_weights(make_config) -> None:
     result = fit(cfg)
     checkpoint = torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(key.startswith("net.") for key in checkpoint["state_dict"])
-    assert 0.0 <= result.test_acc <= 1.0
+    assert result.status == "completed"

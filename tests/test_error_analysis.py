@@ -1,6 +1,5 @@
 """The confusion matrix and the most confident mistakes: logged at the end of training and by eval."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lenet_lightning.inference.evaluate import evaluate
 from lenet_lightning.reporting.error_analysis import CONFUSION_TAG, MISCLASSIFIED_TAG
 from lenet_lightning.training.run import fit
-from tests.conftest import CONFIG_DIR, TINY_TEST
+from tests.conftest import CONFIG_DIR, REAL_DATA_DIR, TINY_TEST
 
-REAL_DATA = os.environ.get("LENET_DATA_DIR")
 PNG_MAGIC = b"\x89PNG"
 
 
@@ -51,11 +49,11 @@ def test_eval_on_tiny_test_set_counts_every_example(trained_run: Path, tiny_data
     assert set(images_in(tmp_path)) == {CONFUSION_TAG, MISCLASSIFIED_TAG}
 
 
-@pytest.mark.skipif(not REAL_DATA, reason="set LENET_DATA_DIR to a folder with MNIST/ and FashionMNIST/")
+@pytest.mark.real_data
 def test_full_test_set_confusion_matrix_sums_to_10000(trained_run: Path, tmp_path: Path) -> None:
     # The tiny-data model is evaluated on the real MNIST test set: its accuracy is irrelevant, the counts are not.
     result = evaluate(
-        str(trained_run / "checkpoints" / "last.ckpt"), data_dir=REAL_DATA, output=str(tmp_path), accelerator="cpu"
+        str(trained_run / "checkpoints" / "last.ckpt"), data_dir=REAL_DATA_DIR, output=str(tmp_path), accelerator="cpu"
     )
     confusion = result["confusion_matrix"]
     assert sum(map(sum, confusion)) == result["test_examples"] == 10_000

@@ -39,6 +39,7 @@ def logged_test_acc(folder: Path) -> float:
     return accumulator.Scalars("test/acc")[-1].value
 
 
+@pytest.mark.slow
 def test_eval_cli_reproduces_the_runs_test_accuracy_with_a_per_class_table(run_dir: Path, tiny_data_dir: Path) -> None:
     done = run_module(
         "lenet_lightning.eval", f"ckpt_path={run_dir}/checkpoints/last.ckpt", cwd=run_dir.parent, data_dir=tiny_data_dir
@@ -55,6 +56,7 @@ def test_eval_cli_reproduces_the_runs_test_accuracy_with_a_per_class_table(run_d
     assert "0 - zero" in done.stdout and "9 - nine" in done.stdout
 
 
+@pytest.mark.slow
 def test_checkpoint_outside_its_run_folder_is_recognised_by_its_class_names(
     run_dir: Path, tiny_data_dir: Path, tmp_path: Path
 ) -> None:
@@ -67,6 +69,7 @@ def test_checkpoint_outside_its_run_folder_is_recognised_by_its_class_names(
     assert Path(result["output_dir"]) == tmp_path / "shared" / "eval" / "model"
 
 
+@pytest.mark.slow
 def test_run_folder_as_ckpt_path_means_its_last_checkpoint(run_dir: Path) -> None:
     assert load_checkpoint(str(run_dir)).path == run_dir / "checkpoints" / "last.ckpt"
 

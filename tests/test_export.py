@@ -70,6 +70,7 @@ def test_torchscript_matches_pytorch(checkpoint: Path, tiny_data_dir: Path, tmp_
         np.testing.assert_allclose(scripted(images).numpy(), pytorch_logits(checkpoint, images), rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_cli_writes_beside_the_checkpoint_and_prints_the_check(checkpoint: Path, run_cli) -> None:
     done = run_cli(f"ckpt_path={checkpoint}", "format=onnx", module="lenet_lightning.export")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -79,6 +80,7 @@ def test_cli_writes_beside_the_checkpoint_and_prints_the_check(checkpoint: Path,
     assert "(tolerance 0.0001): OK" in done.stdout
 
 
+@pytest.mark.slow
 def test_unknown_format_is_one_line_and_exit_2(checkpoint: Path, run_cli) -> None:
     done = run_cli(f"ckpt_path={checkpoint}", "format=tflite", module="lenet_lightning.export")
     assert done.returncode == 2

@@ -1,11 +1,14 @@
-"""The speed-up layers compute what the torch.nn layers they replace compute."""
+"""The fast CPU layers compute what the torch.nn layers they replace compute, and fall back to them elsewhere."""
+
+import copy
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lenet_lightning.model.lenet import LeNet
-from lenet_lightning.speed.cpu_layers import AvgPool2d, Conv2d
+from lenet_lightning.speed.cpu_layers import FastCPUAvgPool2d, FastCPUConv2d, convert_to_fast_cpu_layers
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -22,7 +25,7 @@ def pooled_with_gradient(pool, images: torch.Tensor, grad: torch.Tensor) -> tupl
 def test_two_by_two_pooling_matches_torch_in_both_layouts(layout: str, shape: tuple[int, ...]) -> None:
     """Outputs agree to float32 rounding (the four terms are added in another order); gradients exactly."""
     torch.manual_seed(0)
-    pool = AvgPool2d(kernel_size=2, stride=2)
+    pool = FastCPUAvgPool2d(kernel_size=2, stride=2)
     images = torch.randn(shape).to(memory_format=LAYOUTS[layout])
     assert pool._halves(images)
     grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
@@ -39,7 +42,7 @@ def test_two_by_two_pooling_matches_torch_in_both_layouts(layout: str, shape: tu
 
 def test_two_by_two_pooling_passes_gradcheck() -> None:
     images = torch.rand(2, 3, 4, 6, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
-    assert torch.autograd.gradcheck(AvgPool2d(kernel_size=2, stride=2), (images,))
+    assert torch.autograd.gradcheck(FastCPUAvgPool2d(kernel_size=2, stride=2), (images,))
 
 
 @pytest.mark.parametrize(
@@ -54,10 +57,13 @@ def test_two_by_two_pooling_passes_gradcheck() -> None:
     ids=["kernel3", "padding", "ceil_mode", "odd_height", "unbatched"],
 )
 def test_other_poolings_are_torchs_own(settings: dict, shape: tuple[int, ...]) -> None:
-    pool = AvgPool2d(**settings)
+    pool = FastCPUAvgPool2d(**settings)
     images = torch.rand(shape)
     assert not pool._halves(images)
     torch.testing.assert_close(pool(images), torch.nn.AvgPool2d(**settings)(images), rtol=0, atol=0)
+    # Settings the path never fits are not swapped at all; the others depend on the input, checked at run time.
+    swapped = type(convert_to_fast_cpu_layers(torch.nn.AvgPool2d(**settings))) is FastCPUAvgPool2d
+    assert swapped == (settings == {"kernel_size": 2, "stride": 2})
 
 
 def conv_gradients(conv: torch.nn.Conv2d, images: torch.Tensor, grad: torch.Tensor) -> list[torch.Tensor]:
@@ -73,7 +79,7 @@ def conv_gradients(conv: torch.nn.Conv2d, images: torch.Tensor, grad: torch.Tens
 def test_split_layout_convolution_matches_torch(bias: bool, images_need_grad: bool) -> None:
     """LeNet's second convolution: the same outputs and gradients up to float32 rounding of sums of 3,200 terms."""
     torch.manual_seed(0)
-    fast = Conv2d(6, 16, kernel_size=5, bias=bias)
+    fast = FastCPUConv2d(6, 16, kernel_size=5, bias=bias)
     stock = torch.nn.Conv2d(6, 16, kernel_size=5, bias=bias)
     stock.load_state_dict(fast.state_dict())
     images = torch.randn(32, 6, 14, 14).requires_grad_(images_need_grad)
@@ -88,7 +94,7 @@ def test_split_layout_convolution_matches_torch(bias: bool, images_need_grad: bo
 
 
 def test_split_layout_convolution_passes_gradcheck() -> None:
-    conv = Conv2d(3, 4, kernel_size=3, padding=1, stride=2, dtype=torch.float64)
+    conv = FastCPUConv2d(3, 4, kernel_size=3, padding=1, stride=2, dtype=torch.float64)
     images = torch.randn(2, 3, 7, 7, dtype=torch.float64, requires_grad=True)
     assert conv._splits_layouts(images)
     assert torch.autograd.gradcheck(conv, (images,))
@@ -109,9 +115,11 @@ def test_split_layout_convolution_passes_gradcheck() -> None:
 )
 def test_other_convolutions_are_torchs_own(settings: dict, images: torch.Tensor) -> None:
     torch.manual_seed(0)
-    conv = Conv2d(**settings)
+    conv = FastCPUConv2d(**settings)
     assert not conv._splits_layouts(images)
     stock = torch.nn.Conv2d(**settings)
+    swapped = type(convert_to_fast_cpu_layers(torch.nn.Conv2d(**settings))) is FastCPUConv2d
+    assert swapped == (settings == {"in_channels": 6, "out_channels": 16, "kernel_size": 5})  # layout: run time
     stock.load_state_dict(conv.state_dict())
     grad = torch.randn_like(stock(images))
     for a, b in zip(conv_gradients(conv, images, grad), conv_gradients(stock, images, grad), strict=True):
@@ -119,14 +127,32 @@ def test_other_convolutions_are_torchs_own(settings: dict, images: torch.Tensor)
 
 
 def test_convolution_without_gradients_is_torchs_own() -> None:
-    conv = Conv2d(6, 16, kernel_size=5)
+    conv = FastCPUConv2d(6, 16, kernel_size=5)
     with torch.no_grad():
         assert not conv._splits_layouts(torch.rand(2, 6, 14, 14))
 
 
+def test_other_devices_take_torchs_kernels() -> None:
+    """Off the CPU (a GPU, here the meta device, which needs none) both layers run the stock operator."""
+    pool, conv = FastCPUAvgPool2d(kernel_size=2, stride=2), FastCPUConv2d(6, 16, kernel_size=5, device="meta")
+    images = torch.rand(2, 6, 14, 14, device="meta")
+    assert not pool._halves(images) and not conv._splits_layouts(images)
+    assert pool(images).shape == (2, 6, 7, 7) and conv(images).shape == (2, 16, 10, 10)
+    assert pool._halves(torch.rand(2, 6, 14, 14))  # the same settings on the CPU do take the path
+
+
+def fast_lenet() -> torch.nn.Module:
+    return convert_to_fast_cpu_layers(LeNet())
+
+
+JIT_DEPRECATED = "ignore:.*torch.jit.* is deprecated:FutureWarning"
+
+
+@pytest.mark.filterwarnings(JIT_DEPRECATED)
 def test_exporters_see_the_stock_operators() -> None:
-    """torch.export (behind ONNX export) and TorchScript tracing record avg_pool2d and conv2d, not the CPU paths."""
-    net = LeNet().eval()
+    """torch.export (behind ONNX export) and TorchScript tracing record avg_pool2d and conv2d, not the CPU paths,
+    even in training mode with gradients on."""
+    net = fast_lenet()
     images = torch.rand(2, 1, 28, 28)
     exported = torch.export.export(net, (images,))
     targets = [str(node.target) for node in exported.graph.nodes if node.op == "call_function"]
@@ -136,6 +162,30 @@ def test_exporters_see_the_stock_operators() -> None:
     traced = torch.jit.trace(net, images)
     assert str(traced.inlined_graph).count("aten::avg_pool2d") == 2
     assert str(traced.inlined_graph).count("aten::_convolution") == 2
+
+
+@pytest.mark.filterwarnings(JIT_DEPRECATED)
+def test_torchscript_and_torch_compile_run_the_stock_operators() -> None:
+    """What ``python -m lenet_lightning.export format=torchscript`` and ``compile=...`` would run: ATen's operators."""
+    net = fast_lenet()
+    images = torch.rand(2, 1, 28, 28)
+    stock = LeNet()
+    stock.load_state_dict(net.state_dict())
+    expected = stock(images)
+    scripted = torch.jit.script(net)
+    assert str(scripted.inlined_graph).count("aten::avg_pool2d") == 2
+    torch.testing.assert_close(scripted(images), expected, rtol=0, atol=0)
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., torch.Tensor]:
+        graphs.append(graph)
+        return graph.forward
+
+    logits = torch.compile(net, backend=record, fullgraph=True)(images)
+    calls = [str(node.target) for graph in graphs for node in graph.graph.nodes if node.op == "call_function"]
+    assert sum("avg_pool2d" in call for call in calls) == 2 and sum("conv2d" in call for call in calls) == 2
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
 def autograd_node_names(output: torch.Tensor) -> list[str]:
@@ -150,9 +200,30 @@ def autograd_node_names(output: torch.Tensor) -> list[str]:
     return names
 
 
-def test_lenet_training_on_the_cpu_takes_both_paths() -> None:
-    """The recipe's network as the Trainer runs it: both poolings and the second convolution use the CPU paths."""
-    logits = LeNet()(torch.rand(4, 1, 28, 28))
-    names = autograd_node_names(logits)
+def test_converted_lenet_training_on_the_cpu_takes_both_paths() -> None:
+    """The recipe's network as training runs it: both poolings and the second convolution use the CPU paths;
+    the stock network uses none."""
+    images = torch.rand(4, 1, 28, 28)
+    names = autograd_node_names(fast_lenet()(images))
     assert sum("_HalveBackward" in name for name in names) == 2
     assert sum("_WeightGradChannelsLastBackward" in name for name in names) == 1
+    assert not {"_HalveBackward", "_WeightGradChannelsLastBackward"} & set(autograd_node_names(LeNet()(images)))
+
+
+@pytest.mark.parametrize("stock", [torch.nn.Sigmoid(), torch.nn.Tanh(), torch.nn.ReLU()], ids=lambda layer: str(layer))
+def test_in_place_activations_overwrite_their_input_and_change_no_number(stock: torch.nn.Module) -> None:
+    """After a linear layer, as in LeNet: the same outputs and gradients to the last bit, and no new tensor."""
+    torch.manual_seed(0)
+    linear, images = torch.nn.Linear(400, 120), torch.randn(16, 400)
+    fast = convert_to_fast_cpu_layers(copy.deepcopy(stock))
+    results = []
+    for activation in (stock, fast):
+        linear.zero_grad()
+        pre_activation = linear(images)
+        output = activation(pre_activation)
+        output.square().sum().backward()
+        results.append((output, linear.weight.grad.clone(), output.data_ptr() == pre_activation.data_ptr()))
+    (stock_output, stock_grad, stock_in_place), (fast_output, fast_grad, fast_in_place) = results
+    torch.testing.assert_close(fast_output, stock_output, rtol=0, atol=0)
+    torch.testing.assert_close(fast_grad, stock_grad, rtol=0, atol=0)
+    assert fast_in_place and not stock_in_place

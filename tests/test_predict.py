@@ -1,7 +1,6 @@
 """predict on pictures: real test images saved as files, as the data set has them and as users would have them."""
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +13,8 @@ from lenet_lightning.data.datamodule import DATASETS
 from lenet_lightning.data.pictures import STYLES, find_images, load_images, parse_invert, to_dataset_image
 from lenet_lightning.inference.checkpoint import load_checkpoint
 from lenet_lightning.training.run import fit
-from tests.conftest import write_idx
+from tests.conftest import REAL_DATA_DIR, write_idx
 
-REAL_DATA = os.environ.get("LENET_DATA_DIR")
 TRAIN_IMAGES = 3000  # a real-data subset: enough for a model with clear-cut predictions, in seconds
 PICTURES = 24
 CLEAR_MARGIN = 0.5  # top-1 minus top-2 probability above which a resampled copy should get the same class
@@ -26,7 +24,7 @@ RESIZED_AGREEMENT = 0.75
 
 
 def real_split(dataset: str, train: bool, count: int) -> tuple[np.ndarray, np.ndarray]:
-    data = DATASETS[dataset](REAL_DATA, train=train, download=False)
+    data = DATASETS[dataset](REAL_DATA_DIR, train=train, download=False)
     return data.data[:count].numpy(), data.targets[:count].numpy()
 
 
@@ -57,7 +55,7 @@ def trained_on_real_subset(make_config, tmp_path: Path, request: pytest.FixtureR
     return dataset, Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
 
 
-@pytest.mark.skipif(not REAL_DATA, reason="set LENET_DATA_DIR to a folder with MNIST/ and FashionMNIST/")
+@pytest.mark.real_data
 @pytest.mark.parametrize("trained_on_real_subset", ["mnist", "fashion"], indirect=True)
 def test_pictures_get_the_models_predictions_on_the_original_tensors(
     trained_on_real_subset: tuple[str, Path], run_cli, tmp_path: Path

@@ -109,6 +109,7 @@ SAVE_FOREVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_kill_9_during_saves_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     """Saves of an 8 MB checkpoint in a loop, killed at an arbitrary moment, several times over."""
     target = tmp_path / "last.ckpt"

@@ -146,6 +146,7 @@ RACE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_empty_data_folder_download_once_and_both_succeed(
     tmp_path: Path, tiny_data_dir: Path
 ) -> None:

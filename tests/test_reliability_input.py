@@ -1,13 +1,21 @@
-"""Bad input fails fast: one line on stderr, exit status 2, before any data is read or a run folder is made."""
+"""Bad input fails fast: one line on stderr, exit status 2, before any data is read or a run folder is made.
+
+A single training run's config is checked, and its folder claimed, by the ``PrepareRunFolder`` Hydra
+callback after Hydra composes the config and before it writes anything; the fast tests call it directly.
+"""
 
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, read_write
 
+from lenet_lightning.config.command import RunAgain, StopBeforeRun
 from lenet_lightning.config.errors import UserError
-from lenet_lightning.train import prepare_command_line
+from lenet_lightning.training.run_folder import PrepareRunFolder, merge_overrides
+from tests.conftest import CONFIG_DIR
 
 ONE_LINE_LIMIT_S = 10
 
@@ -29,44 +37,86 @@ def run_timed(run_cli, *args: str):
     return result, time.perf_counter() - start
 
 
-BAD_OVERRIDES = [
-    # typos: the key and the nearest valid one
-    ("lrr=0.1", ("'lrr'", "did you mean 'lr'")),
-    ("model.optimizer.lrr=0.1", ("'model.optimizer.lrr'", "did you mean 'optimizer.lr'")),
-    ("datset=fashion", ("'datset'", "did you mean 'dataset'")),
-    # unknown data set: the available ones
-    ("dataset=fashon", ("'fashon'", "fashion, mnist", "dataset=fashion")),
-    # wrong type or range: the key, the value given, what is allowed
-    ("lr=abc", ("lr='abc'", "a number > 0")),
-    ("lr=0", ("lr=0", "a number > 0")),
-    ("lr=-1", ("lr=-1", "a number > 0")),
-    ("epochs=0", ("epochs=0", "an integer >= 1")),
-    ("epochs=-5", ("epochs=-5", "an integer >= 1")),
-    ("epochs=2.5", ("epochs=2.5", "an integer >= 1")),
-    ("dataset.batch_size=0", ("dataset.batch_size=0", "an integer >= 1")),
-    ("seed=abc", ("seed='abc'", "an integer >= 0")),
-    ("memory_format=nhwc", ("memory_format='nhwc'", "contiguous, channels_last")),
-]
+def composed(*overrides: str) -> DictConfig:
+    """The train config as Hydra hands it to its callbacks: with the ``hydra`` node."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
 
 
-@pytest.mark.parametrize(("override", "fragments"), BAD_OVERRIDES)
-def test_bad_override_is_explained_before_anything_runs(monkeypatch, tmp_path: Path, override, fragments) -> None:
-    """The start-up check the CLI runs first, called directly (the CLI tests below cover the same path end to end)."""
+def prepare(cfg: DictConfig) -> None:
+    """What Hydra runs before a single run: the callback; what stops the command is raised as itself."""
+    try:
+        PrepareRunFolder().on_run_start(config=cfg)
+    except StopBeforeRun as stop:
+        raise stop.reason from None
+
+
+def test_bad_value_is_refused_before_a_run_folder_is_made(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError) as raised:
-        prepare_command_line([override])
-    message = str(raised.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
+    with pytest.raises(UserError, match=r"^epochs=0 is not allowed: epochs must be an integer >= 1$"):
+        prepare(composed("epochs=0"))
     assert not (tmp_path / "outputs").exists(), "no run folder for a command line that cannot run"
 
 
-@pytest.mark.parametrize(
-    ("override", "fragments"),
-    [BAD_OVERRIDES[0], BAD_OVERRIDES[1], BAD_OVERRIDES[3], BAD_OVERRIDES[4], BAD_OVERRIDES[7]],
-    ids=lambda value: value if isinstance(value, str) else "",
-)
+def test_two_runs_started_in_the_same_second_get_folders_of_their_own(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    first, second = composed(), composed()
+    for cfg in (first, second):  # the folder name Hydra gives both when they start in the same second
+        with read_write(cfg.hydra.run):
+            cfg.hydra.run.dir = "outputs/runs/2024-01-01/12-00-00"
+    prepare(first)
+    prepare(second)
+    assert first.hydra.run.dir != second.hydra.run.dir
+    assert Path(first.hydra.run.dir).is_dir() and Path(second.hydra.run.dir).is_dir()
+    assert second.hydra.run.dir == f"{first.hydra.run.dir}-1"
+
+
+def test_a_run_folder_given_on_the_command_line_is_used_as_it_is(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = composed(f"hydra.run.dir={tmp_path / 'mine'}")
+    prepare(cfg)
+    assert cfg.hydra.run.dir == str(tmp_path / "mine")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_resume_runs_again_with_the_saved_overrides_in_the_saved_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    saved = ["model.activation=relu", "epochs=1", "+trainer.gradient_clip_val=0.5", "resume=old", "ckpt_path=x.ckpt"]
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {override}\n" for override in saved))
+
+    given = [f"resume={run}", "epochs=3"]
+    with pytest.raises(RunAgain) as raised:
+        prepare(composed(*given))
+    again = raised.value
+    expected = ["model.activation=relu", "+trainer.gradient_clip_val=0.5", *given]
+    assert again.overrides == [*expected, f"hydra.run.dir='{run}'"]
+    assert again.arguments(["-cn", "train", *given]) == ["-cn", "train", *again.overrides]
+
+    rerun = composed(*again.overrides)
+    prepare(rerun)  # the second composition has them all: it runs, in the saved folder
+    assert (rerun.model.activation, rerun.epochs, rerun.hydra.run.dir) == ("relu", 3, str(run))
+
+
+def test_merge_overrides_reads_keys_as_hydra_parses_them() -> None:
+    saved = ["+a.b=1", "~c", "dataset=fashion", "x='p,q'", "resume=r", "ckpt_path=k"]
+    assert merge_overrides(saved, ["a.b=2", "c=3"]) == ["dataset=fashion", "x='p,q'", "a.b=2", "c=3"]
+    with pytest.raises(UserError, match="cannot parse the overrides"):
+        merge_overrides(["lr=("], [])
+
+
+BAD_OVERRIDES = [
+    ("lrr=0.1", ("'lrr'", "did you mean 'lr'")),
+    ("model.optimizer.lrr=0.1", ("'model.optimizer.lrr'", "did you mean 'optimizer.lr'")),
+    ("dataset=fashon", ("'fashon'", "fashion, mnist", "dataset=fashion")),
+    ("lr=abc", ("lr=abc", "a number > 0")),
+    ("epochs=0", ("epochs=0", "an integer >= 1")),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "fragments"), BAD_OVERRIDES, ids=[case[0] for case in BAD_OVERRIDES])
 def test_bad_override_on_the_command_line_is_one_line_exit_2(run_cli, tmp_path: Path, override, fragments) -> None:
     result, seconds = run_timed(run_cli, override)
     assert_one_line_error(result, *fragments)
@@ -74,11 +124,14 @@ def test_bad_override_on_the_command_line_is_one_line_exit_2(run_cli, tmp_path: 
     assert not (tmp_path / "outputs").exists()
 
 
-def test_sweep_values_without_multirun_are_explained(run_cli) -> None:
+@pytest.mark.slow
+def test_sweep_values_without_multirun_are_explained(run_cli, tmp_path: Path) -> None:
     result = run_cli("lr=0.1,0.3")
     assert_one_line_error(result, "lr=0.1,0.3", "add -m")
+    assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_gpu_requested_without_gpu_says_use_cpu_or_auto(run_cli, tmp_path: Path) -> None:
     result, seconds = run_timed(run_cli, "accelerator=gpu")
@@ -87,13 +140,16 @@ def test_gpu_requested_without_gpu_says_use_cpu_or_auto(run_cli, tmp_path: Path)
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_named(run_cli, tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "last.ckpt"
     result, seconds = run_timed(run_cli, f"ckpt_path={missing}")
     assert_one_line_error(result, str(missing), "no such file")
     assert seconds < ONE_LINE_LIMIT_S
+    assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_file_that_is_not_a_checkpoint_is_named(run_cli, tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not a checkpoint\n")
@@ -102,11 +158,14 @@ def test_file_that_is_not_a_checkpoint_is_named(run_cli, tmp_path: Path) -> None
     assert seconds < ONE_LINE_LIMIT_S
 
 
+@pytest.mark.slow
 def test_resume_of_a_folder_that_is_not_a_run_is_named(run_cli, tmp_path: Path) -> None:
     result = run_cli(f"resume={tmp_path / 'no-such-run'}")
     assert_one_line_error(result, "no-such-run", "not a run folder")
+    assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_help_still_works(run_cli) -> None:
     result = run_cli("--help")
     assert result.returncode == 0

@@ -97,6 +97,7 @@ def test_slurm_launcher_composes_with_one_process_per_gpu() -> None:
     assert launcher.tasks_per_node == launcher.gpus_per_node == 1
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_one_run_with_synced_metrics(run_cli, odd_data_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     done = run_cli(
@@ -146,6 +147,7 @@ def test_two_cpu_processes_train_one_run_with_synced_metrics(run_cli, odd_data_d
     assert ranks[0][0] != ranks[0][1]  # a new shuffle every epoch
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_a_sweep_in_parallel_processes(run_cli, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     done = run_cli(
@@ -160,6 +162,7 @@ def test_joblib_launcher_runs_a_sweep_in_parallel_processes(run_cli, tmp_path: P
     assert "Joblib" in done.stdout + done.stderr  # the plugin, not the sequential basic launcher, ran the jobs
 
 
+@pytest.mark.slow
 def test_multirun_with_reexecuting_ddp_fails_fast_with_the_fix(run_cli, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     start = time.monotonic()

@@ -4,6 +4,7 @@ Batches are sliced from in-memory tensors with a shuffled permutation instead of
 ``DataLoader``: decoding 60,000 images one by one through PIL costs more than training LeNet on them.
 """
 
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,13 @@ from torchvision.datasets import MNIST, FashionMNIST
 from lenet_lightning.data.files import DataUnavailableError as DataUnavailableError  # raised by prepare_data
 from lenet_lightning.data.files import ensure_dataset_files, expected_names
 
+log = logging.getLogger(__name__)
 DATASETS: dict[str, type[MNIST]] = {"mnist": MNIST, "fashion": FashionMNIST}
+
+
+def to_network_input(images: Tensor) -> Tensor:
+    """uint8 N x 28 x 28 images as the N x 1 x 28 x 28 float32 batch in [0, 1] LeNet takes (the recipe's ToTensor)."""
+    return images.unsqueeze(1).float().div_(255)
 
 
 class TensorBatches:
@@ -74,7 +81,7 @@ class TensorBatches:
             # index_select is a plain row gather; images[batch] goes through the general advanced-indexing
             # kernel, about 20x slower on the CPU for this shape.
             images = self.images.index_select(0, batch)
-            yield images.unsqueeze(1).float().div_(255), self.labels.index_select(0, batch)
+            yield to_network_input(images), self.labels.index_select(0, batch)
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -95,8 +102,6 @@ class MNISTDataModule(L.LightningDataModule):
         download: bool = True,
     ) -> None:
         super().__init__()
-        if name not in DATASETS:
-            raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
         self.name = name
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
@@ -149,6 +154,8 @@ class MNISTDataModule(L.LightningDataModule):
             train_images, train_labels = train_images[train_idx], train_labels[train_idx]
         self.splits["train"] = (train_images.to(device), train_labels.to(device))
         self.splits["test"] = (test_images.to(device), test_labels.to(device))
+        sizes = ", ".join(f"{len(labels)} {split}" for split, (_, labels) in self.splits.items())
+        log.debug("%s loaded from %s: %s images on %s", self.dataset_class.__name__, self.raw_folder, sizes, device)
 
     def _device(self) -> torch.device:
         """Where the splits live and batches are built: the training device, so no step copies from the host."""

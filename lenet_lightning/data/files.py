@@ -10,6 +10,7 @@ download itself (it md5-checks the archives).
 """
 
 import hashlib
+import logging
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ from torchvision.datasets import MNIST
 
 from lenet_lightning.config.errors import UserError
 
+log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 10  # per network operation: a dead network fails in seconds, never hangs
 LOCK_TIMEOUT_S = 600  # another process's download of ~55 MB
 IMAGE_SHAPE = (28, 28)
@@ -104,6 +106,7 @@ def check_idx_file(path: Path, dataset_folder: str) -> int:
             actual = md5_of(path)
             if actual != known:
                 raise CorruptDataError(f"{path} is corrupted: md5 {actual}, expected {known}")
+            log.debug("%s matches the official md5", path)
             _verified.add(stamp)
     return count
 
@@ -176,6 +179,13 @@ def ensure_dataset_files(
     try:
         problems = find_problems(raw_folder, folder, names)  # another process may have fetched them meanwhile
         if problems:
+            log.info(
+                "downloading %s into %s: %d of %d files missing or damaged",
+                folder,
+                raw_folder,
+                len(problems),
+                len(names),
+            )
             reason = _fetch_into_place(dataset_class, data_dir, raw_folder, names, fetch)
             problems = find_problems(raw_folder, folder, names)
             if problems:

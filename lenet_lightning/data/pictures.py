@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from lenet_lightning.config.errors import UserError
+from lenet_lightning.data.datamodule import to_network_input
 
 SIZE = 28
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -148,7 +149,5 @@ def load_images(paths: Sequence[Path], style: ImageStyle, invert: bool | None = 
             failures.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
             continue
         loaded.append(path)
-    images = (
-        torch.from_numpy(np.stack(arrays)).unsqueeze(1).float().div_(255) if arrays else torch.empty(0, 1, SIZE, SIZE)
-    )
+    images = to_network_input(torch.from_numpy(np.stack(arrays))) if arrays else torch.empty(0, 1, SIZE, SIZE)
     return LoadedImages(paths=loaded, images=images, failures=failures)

@@ -18,7 +18,10 @@ def evaluate(
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from lenet_lightning.inference.checkpoint import load_checkpoint
+    from lenet_lightning.reporting.console import route_to_logging
     from lenet_lightning.reporting.error_analysis import ErrorAnalysis
+
+    route_to_logging()  # Lightning's device lines to the log config, not as "INFO: ..." on stderr
 
     loaded = load_checkpoint(ckpt_path)
     datamodule = loaded.datamodule(data_dir)

@@ -103,6 +103,8 @@ def check_images(loaded: "LoadedCheckpoint", data_dir: str | None) -> tuple["Ten
     """The first test images of the run's data set, or seeded random images when the data is not on disk."""
     import torch
 
+    from lenet_lightning.data.datamodule import to_network_input
+
     datamodule = loaded.datamodule(data_dir)
     if datamodule.missing_files():
         generator = torch.Generator().manual_seed(0)
@@ -111,7 +113,7 @@ def check_images(loaded: "LoadedCheckpoint", data_dir: str | None) -> tuple["Ten
         ), f"{CHECK_BATCH} random images (no test set on disk)"
     datamodule.setup()
     images = datamodule.splits["test"][0][:CHECK_BATCH]
-    return images.unsqueeze(1).float().div(255), f"{len(images)} {datamodule.dataset_class.__name__} test images"
+    return to_network_input(images), f"{len(images)} {datamodule.dataset_class.__name__} test images"
 
 
 def export(
@@ -122,8 +124,6 @@ def export(
     tolerance: float = 1e-4,
 ) -> ExportResult:
     """Export the checkpoint's network, run the exported file on test images and compare with PyTorch."""
-    if format not in FORMATS:  # checked before importing torch, so a typo is answered at once
-        raise UserError(f"format={format} is not one of {', '.join(FORMATS)}")
     import torch
 
     from lenet_lightning.inference.checkpoint import load_checkpoint

@@ -50,6 +50,9 @@ def predict(
 
     from lenet_lightning.data.pictures import STYLES, find_images, load_images, parse_invert
     from lenet_lightning.inference.checkpoint import load_checkpoint
+    from lenet_lightning.reporting.console import route_to_logging
+
+    route_to_logging()  # Lightning's device lines to the log config, not as "INFO: ..." on stderr
 
     paths = find_images(inputs if inputs is not None else [])
     invert_choice = parse_invert(invert)

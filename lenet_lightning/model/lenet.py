@@ -1,19 +1,13 @@
-"""LeNet as a plain ``nn.Module``: no Lightning here, so it can be reused and exported on its own."""
+"""LeNet as a plain ``nn.Module`` of stock torch.nn layers, as in Dive into Deep Learning; no Lightning here.
 
-from functools import partial
+Training on the CPU swaps in faster versions of some layers
+(:func:`lenet_lightning.speed.cpu_layers.convert_to_fast_cpu_layers`); the network defined here stays stock.
+"""
 
 from torch import Tensor, nn
 
-from lenet_lightning.speed.cpu_layers import AvgPool2d, Conv2d, InplaceSigmoid, InplaceTanh
-
-# GELU's backward reads its input, so it cannot overwrite it.
-ACTIVATIONS = {
-    "sigmoid": InplaceSigmoid,
-    "relu": partial(nn.ReLU, inplace=True),
-    "gelu": nn.GELU,
-    "tanh": InplaceTanh,
-}
-POOLINGS = {"avg": AvgPool2d, "max": nn.MaxPool2d}
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+POOLINGS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
 
 
 class LeNet(nn.Module):
@@ -33,10 +27,6 @@ class LeNet(nn.Module):
         num_classes: int = 10,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {sorted(POOLINGS)}")
         act, pool = ACTIVATIONS[activation], POOLINGS[pooling]
         c1, c2 = conv_channels
         h1, h2 = hidden
@@ -48,27 +38,15 @@ class LeNet(nn.Module):
             return [nn.Dropout(dropout)] if dropout > 0 else []
 
         self.features = nn.Sequential(
-            Conv2d(1, c1, kernel_size=5, padding=2),
-            *norm(nn.BatchNorm2d, c1),
-            act(),
-            pool(kernel_size=2, stride=2),
-            Conv2d(c1, c2, kernel_size=5),
-            *norm(nn.BatchNorm2d, c2),
-            act(),
-            pool(kernel_size=2, stride=2),
+            nn.Conv2d(1, c1, kernel_size=5, padding=2), *norm(nn.BatchNorm2d, c1), act(), pool(kernel_size=2, stride=2),
+            nn.Conv2d(c1, c2, kernel_size=5), *norm(nn.BatchNorm2d, c2), act(), pool(kernel_size=2, stride=2),
             nn.Flatten(),
-        )
+        )  # fmt: skip
         self.classifier = nn.Sequential(
-            nn.Linear(c2 * 5 * 5, h1),
-            *norm(nn.BatchNorm1d, h1),
-            act(),
-            *drop(),
-            nn.Linear(h1, h2),
-            *norm(nn.BatchNorm1d, h2),
-            act(),
-            *drop(),
+            nn.Linear(c2 * 5 * 5, h1), *norm(nn.BatchNorm1d, h1), act(), *drop(),
+            nn.Linear(h1, h2), *norm(nn.BatchNorm1d, h2), act(), *drop(),
             nn.Linear(h2, num_classes),
-        )
+        )  # fmt: skip
         for layer in self.modules():
             if isinstance(layer, nn.Conv2d | nn.Linear):
                 nn.init.xavier_uniform_(layer.weight)

@@ -7,6 +7,7 @@ ends with, the summary of the jobs that ran is already on disk. Rows come from t
 """
 
 import csv
+import logging
 import math
 import sys
 import time
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 
 from lenet_lightning.reporting.records import RunRecord, read_run
 
+log = logging.getLogger(__name__)
 STATUS_ORDER = {"completed": 0, "diverged": 1}  # anything else ("failed") sorts last
 CSV_NAME, MARKDOWN_NAME = "summary.csv", "summary.md"
 REASON_WIDTH = 90  # the Markdown table cuts long failure reasons; summary.csv keeps them whole
@@ -99,7 +101,7 @@ def write_summary(sweep_dir: Path, exclude: frozenset[str] = frozenset()) -> lis
 
 
 class SweepSummary(Callback):
-    """Hydra callback: keep the sweep summary up to date after each job and print it when the sweep ends.
+    """Hydra callback: keep the sweep summary up to date after each job and show it when the sweep ends.
 
     Exits non-zero at the end of a sweep in which any run failed (diverged runs are results, not failures).
     """
@@ -117,17 +119,16 @@ class SweepSummary(Callback):
         runs = write_summary(sweep_dir, _excluded_keys(config))
         best = runs[0] if runs and runs[0].status == "completed" else None
         leader = f"best so far {best.name} (test acc {best.test_acc:.3f})" if best else "no completed run yet"
-        print(f"[sweep] {len(runs)} run(s) done, {leader}; table: {sweep_dir / MARKDOWN_NAME}", flush=True)
+        log.info("[sweep] %d run(s) done, %s; table: %s", len(runs), leader, sweep_dir / MARKDOWN_NAME)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         runs = write_summary(sweep_dir, _excluded_keys(config))
-        print(f"\nSweep summary, sorted by test acc ({sweep_dir}):\n")
-        print(markdown_table(runs))
+        log.info("\nSweep summary, sorted by test acc (%s):\n\n%s", sweep_dir, markdown_table(runs).rstrip())
         plots = CURVES_PLOT_NAME + (f", {LR_PLOT_NAME}" if (sweep_dir / LR_PLOT_NAME).exists() else "")
         elapsed = time.perf_counter() - self._started
-        print(f"{len(runs)} runs in {elapsed:.0f} s; saved {CSV_NAME}, {MARKDOWN_NAME}, {plots}")
-        print(f"compare them: tensorboard --logdir {sweep_dir}", flush=True)
+        log.info("%d runs in %.0f s; saved %s, %s, %s", len(runs), elapsed, CSV_NAME, MARKDOWN_NAME, plots)
+        log.info("compare them: tensorboard --logdir %s", sweep_dir)
         failed = [run.name for run in runs if run.status not in STATUS_ORDER]
         if failed:
             sys.exit(f"error: {len(failed)} of {len(runs)} runs failed ({', '.join(failed)}); see their rows above")

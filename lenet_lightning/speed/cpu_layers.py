@@ -1,7 +1,7 @@
-"""Drop-in subclasses of torch.nn layers that compute the same function faster in LeNet's CPU training step.
+"""Faster versions of LeNet's torch.nn layers for CPU training, swapped in by :func:`convert_to_fast_cpu_layers`.
 
-Each keeps its torch.nn base class (so isinstance checks, state dicts and TorchScript/ONNX export see the stock
-layer) and changes only how the numbers are computed.
+Each is a subclass of the torch.nn layer it replaces and computes the same function; only how the numbers are
+computed changes, and only in eager CPU training. Why each exists, with measurements: docs/performance.md.
 """
 
 import torch
@@ -9,10 +9,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def convert_to_fast_cpu_layers(module: nn.Module) -> nn.Module:
+    """Swap ``module``'s stock layers, in place, for the faster CPU versions below; return ``module``.
+
+    Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, for a network built from stock layers: sigmoid, tanh and
+    ReLU start writing over their input, 2x2 stride-2 average poolings and convolutions with several input
+    channels get the CPU paths. Each layer keeps its identity (its class changes, as ``torch.nn.utils.parametrize``
+    does it), so parameters, optimizers, hooks and state_dict keys are unaffected. The in-place activations
+    assume, as ``nn.ReLU(inplace=True)`` does, that nothing else reads an activation's input (true of LeNet).
+    """
+    for layer in module.modules():
+        kind = type(layer)  # exact types: subclasses may compute something else
+        if kind is nn.Sigmoid:
+            layer.__class__ = InplaceSigmoid
+        elif kind is nn.Tanh:
+            layer.__class__ = InplaceTanh
+        elif kind is nn.ReLU:
+            layer.inplace = True
+        elif kind is nn.AvgPool2d and FastCPUAvgPool2d.suits(layer):
+            layer.__class__ = FastCPUAvgPool2d
+        elif kind is nn.Conv2d and FastCPUConv2d.suits(layer):
+            layer.__class__ = FastCPUConv2d
+    return module
+
+
 class InplaceSigmoid(nn.Sigmoid):
-    """Sigmoid written over its input. Its backward reads only its output and the layers before it (conv,
-    linear, batch norm) do not read theirs, so the pre-activation copy need not exist: one activation-sized
-    tensor less to write and read back per layer and step, about 4% of a CPU training step."""
+    """Sigmoid written over its input: its backward reads only its output, so the input need not be kept."""
 
     def forward(self, input: Tensor) -> Tensor:
         return torch.sigmoid_(input)
@@ -37,12 +59,8 @@ def _windows(images: Tensor) -> Tensor:
 class _Halve(torch.autograd.Function):
     """2x2, stride-2 average pooling of a CPU tensor as whole-row additions, in either memory layout.
 
-    ATen's CPU pooling kernels walk each window element by element (channels_last ones vectorise over
-    channels, and LeNet has 6): 0.6-0.8 ms forward and 0.4-0.9 ms backward per training step for the first
-    pooling layer. Here the forward adds the two image rows of every window (long contiguous runs), then the
-    two pixels; the backward spreads each gradient over its window with strided copies; together about 0.4 ms.
-    Sums round as (a + c) + (b + d) instead of ((a + b) + c) + d, so outputs may differ from
-    ``F.avg_pool2d`` in the last bit; gradients are identical.
+    ATen's CPU kernels walk each window element by element. Sums round as (a + c) + (b + d) instead of
+    ((a + b) + c) + d, so outputs may differ from ``F.avg_pool2d`` in the last bit; gradients are identical.
     """
 
     @staticmethod
@@ -66,13 +84,21 @@ class _Halve(torch.autograd.Function):
         return grad
 
 
-class AvgPool2d(nn.AvgPool2d):
-    """``nn.AvgPool2d`` that takes the :class:`_Halve` path for LeNet's case (2x2 windows, stride 2, no padding,
-    even height and width, a contiguous or channels_last CPU tensor, eager mode) and ATen's kernel otherwise.
+class FastCPUAvgPool2d(nn.AvgPool2d):
+    """``nn.AvgPool2d`` that pools 2x2 windows by :class:`_Halve` on contiguous or channels_last CPU tensors in
+    eager mode, and by ATen's kernel otherwise: TorchScript, ``torch.compile`` and ``torch.export`` (so ONNX)
+    see the stock operator."""
 
-    TorchScript, ``torch.compile`` and ``torch.export`` (so ONNX) see the stock operator: exported files keep one
-    AveragePool node, and compilers fuse pooling on their own.
-    """
+    @staticmethod
+    def suits(pool: nn.AvgPool2d) -> bool:
+        """Whether ``pool``'s settings are the ones :class:`_Halve` computes: 2x2 windows, stride 2, no padding."""
+        return (
+            pool.kernel_size in (2, (2, 2))
+            and pool.stride in (2, (2, 2))
+            and pool.padding in (0, (0, 0))
+            and not pool.ceil_mode
+            and pool.divisor_override is None
+        )
 
     def forward(self, input: Tensor) -> Tensor:
         if not torch.jit.is_scripting() and self._halves(input):
@@ -96,11 +122,7 @@ class AvgPool2d(nn.AvgPool2d):
         return (
             not torch.compiler.is_compiling()
             and not torch.jit.is_tracing()
-            and self.kernel_size in (2, (2, 2))
-            and self.stride in (2, (2, 2))
-            and self.padding in (0, (0, 0))
-            and not self.ceil_mode
-            and self.divisor_override is None
+            and self.suits(self)
             and input.dim() == 4
             and input.shape[2] % 2 == 0
             and input.shape[3] % 2 == 0
@@ -112,15 +134,17 @@ class AvgPool2d(nn.AvgPool2d):
 class _WeightGradChannelsLast(torch.autograd.Function):
     """A contiguous (NCHW) convolution whose weight gradient oneDNN computes from channels_last copies.
 
-    Measured on LeNet's second convolution (6 -> 16 channels, batch 256): oneDNN's weight-gradient kernel takes
-    1.25 ms on NCHW data and 0.39 ms (0.5 ms with the copies) on NHWC data, while the forward pass and the input
-    gradient are faster in NCHW (0.34 vs 0.47 ms and 0.81 vs 1.36 ms). With one input channel NCHW wins
-    throughout, so :class:`Conv2d` takes this path only for several input channels.
+    oneDNN's CPU weight-gradient kernel is several times faster on NHWC data, while the forward pass and the
+    input gradient are faster on NCHW data.
     """
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx, images: Tensor, weight: Tensor, bias: Tensor | None, conv: "Conv2d"
+        ctx: torch.autograd.function.FunctionCtx,
+        images: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        conv: "FastCPUConv2d",
     ) -> Tensor:
         ctx.save_for_backward(images, weight)
         ctx.conv, ctx.has_bias = conv, bias is not None
@@ -159,10 +183,20 @@ class _WeightGradChannelsLast(torch.autograd.Function):
         return grad_images, grad_weight, grad_bias, None
 
 
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that, training on the CPU with several input channels, computes its weight gradient by
-    :class:`_WeightGradChannelsLast`; everywhere else (and for TorchScript, compilers and exporters) it is the
-    stock layer."""
+class FastCPUConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that, training in eager mode on the CPU, computes its weight gradient by
+    :class:`_WeightGradChannelsLast`; everywhere else (GPUs, no_grad, TorchScript, compilers, exporters) it is
+    the stock layer."""
+
+    @staticmethod
+    def suits(conv: nn.Conv2d) -> bool:
+        """Whether the path can pay for ``conv``: with one input channel NCHW is faster throughout."""
+        return (
+            conv.in_channels > 1
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
+        )
 
     def forward(self, input: Tensor) -> Tensor:
         if not torch.jit.is_scripting() and self._splits_layouts(input):
@@ -180,10 +214,7 @@ class Conv2d(nn.Conv2d):
             and not torch.jit.is_tracing()
             and torch.is_grad_enabled()
             and self.weight.requires_grad
-            and self.in_channels > 1
-            and self.groups == 1
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
+            and self.suits(self)
             and input.dim() == 4
             and input.device.type == "cpu"
             and input.is_contiguous()

@@ -10,6 +10,7 @@
   ``SIGTERMException`` (exiting 0 unless caught); :func:`interruption_of` maps it to exit status 143.
 """
 
+import logging
 import os
 import pickle
 import signal
@@ -23,10 +24,11 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
 from lenet_lightning.config.errors import UserError
+from lenet_lightning.reporting.tensorboard_events import restart_at
 
+log = logging.getLogger(__name__)
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
@@ -116,10 +118,10 @@ def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, output_dir: 
         return None
     last = output_dir / LAST_CHECKPOINT
     if not last.exists():
-        print(f"nothing to resume: no {last} (the run stopped before its first epoch ended); starting fresh")
+        log.warning("nothing to resume: no %s (the run stopped before its first epoch ended); starting fresh", last)
         return None
     load_checkpoint_safely(last)
-    print(f"resuming from {last}")
+    log.info("resuming from %s", last)
     return last
 
 
@@ -159,8 +161,7 @@ class LogsFollowCheckpoints(L.Callback):
         first_step = trainer.current_epoch + 1  # metrics are logged against the 1-based epoch
         for logger in trainer.loggers:
             if isinstance(logger, L.pytorch.loggers.TensorBoardLogger):
-                writer = logger.experiment._get_file_writer()  # same call SummaryWriter(purge_step=...) makes
-                writer.add_event(Event(step=first_step, session_log=SessionLog(status=SessionLog.START)))
+                restart_at(logger, first_step)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for logger in trainer.loggers:

@@ -10,23 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
-from lenet_lightning.config.check import validate_config
 from lenet_lightning.data.datamodule import MNISTDataModule
 from lenet_lightning.model.classifier import LeNetClassifier
+from lenet_lightning.reporting.console import route_to_logging
+from lenet_lightning.reporting.tensorboard_events import write_summaries
+from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
 from lenet_lightning.training.checkpoints import checkpoint_to_resume, interruption_of
 from lenet_lightning.training.divergence import TrainingDiverged
 from lenet_lightning.training.launch_guard import refuse_reexecution_in_multirun
 from lenet_lightning.training.run_folder import check_writable
-from lenet_lightning.training.throughput import EpochTimer
+from lenet_lightning.training.throughput import THROUGHPUT_KEY
 
 REPORTED_METRICS = ("train/loss", "train/acc", "test/acc")
-THROUGHPUT_KEY = "examples_per_second"
 HPARAM_SECTIONS = ("dataset", "model", "optimizer", "scheduler", "augment")
 
 
@@ -52,7 +52,9 @@ class RunResult:
         return [
             f"loss {self.train_loss:.3f}, train acc {self.train_acc:.3f}, test acc {self.test_acc:.3f}",
             f"{self.examples_per_second:.1f} examples/sec on {self.device} "
-            "(wall clock of the training epochs, per-epoch test evaluation included)",
+            "(wall clock of the training epochs, per-epoch test evaluation included)"
+            if math.isfinite(self.examples_per_second)
+            else f"trained on {self.device} (throughput not measured: the epoch_timer callback is off)",
             f"run folder: {folder}",
             f"view the curves: tensorboard --logdir {folder}",
         ]
@@ -81,6 +83,8 @@ def build(
         compile_mode=cfg.compile,
         memory_format=cfg.memory_format,
     )
+    if cfg.fast_cpu_layers:  # faster CPU training kernels; GPUs, compilers and exporters see the stock ones
+        convert_to_fast_cpu_layers(module.net)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     callbacks.append(RunReport(hparams_of(cfg)))
     logger = instantiate(cfg.logger)
@@ -104,19 +108,13 @@ def write_hparams_session(logger: TensorBoardLogger, params: dict[str, Any]) -> 
     Lightning's ``log_hyperparams(params, metrics)`` would also log each metric at step 0; here the tab
     takes its values from the per-epoch scalars themselves, so the curves keep their 1..N steps.
     """
-    experiment, session_start, session_end = hparams(params, {tag: 0.0 for tag in REPORTED_METRICS})
-    writer = logger.experiment._get_file_writer()
-    for summary in (experiment, session_start, session_end):
-        writer.add_summary(summary)
-    writer.flush()
+    write_summaries(logger, list(hparams(params, {tag: 0.0 for tag in REPORTED_METRICS})))
 
 
 class RunReport(L.Callback):
     """The parts of the report made inside the training process(es), on rank 0 only.
 
-    Registers the HPARAMS session when training starts (so interrupted runs show up too), and puts the
-    throughput into ``callback_metrics``: with ``ddp_spawn`` those metrics are all that returns to the
-    process that called ``fit``, while the callbacks' own state stays behind in the spawned processes.
+    Registers the HPARAMS session when training starts, so interrupted runs show up too.
     """
 
     def __init__(self, params: dict[str, Any]) -> None:
@@ -128,11 +126,6 @@ class RunReport(L.Callback):
                 if isinstance(logger, TensorBoardLogger):
                     write_hparams_session(logger, self.params)
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        timer = next(callback for callback in trainer.callbacks if isinstance(callback, EpochTimer))
-        # Each process times its own share of the data; together they train world_size times as many examples.
-        trainer.callback_metrics[THROUGHPUT_KEY] = torch.tensor(timer.examples_per_second * trainer.world_size)
-
 
 def fit(cfg: DictConfig) -> RunResult:
     """Check, seed, build, train with per-epoch test evaluation, and return the final metrics.
@@ -142,7 +135,7 @@ def fit(cfg: DictConfig) -> RunResult:
     With several processes the metrics are the synchronised ones of rank 0, also in the process that
     launched them (``ddp_spawn``).
     """
-    validate_config(cfg)
+    route_to_logging()  # Lightning's lines and Python warnings through the run's logging config
     output_dir = Path(cfg.output_dir)
     ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), output_dir)
     check_writable(output_dir)

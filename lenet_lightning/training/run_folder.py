@@ -3,16 +3,25 @@
 Hydra names run folders by the second they start in, so two runs started in the same second would
 share (and overwrite) one folder; :func:`reserve_run_folder` claims a name with an atomic ``mkdir``
 instead. :func:`check_writable` writes a probe before anything is trained, so a read-only or full disk
-is reported at start-up rather than when the first checkpoint is saved.
+is reported at start-up rather than when the first checkpoint is saved. :class:`PrepareRunFolder`, a
+Hydra callback of ``conf/train.yaml``, does both after Hydra composes the config and before it makes
+the folder, for single runs only: a sweep (``-m``, or ``hydra.mode: MULTIRUN`` as in ``hparams_search``)
+gets Hydra's sweep folder.
 """
 
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, read_write
 
+from lenet_lightning.config.command import RunAgain, stops_the_command
 from lenet_lightning.config.errors import UserError
+from lenet_lightning.config.schema import check_config
 
 MIN_FREE_BYTES = 20 * 2**20  # a LeNet run writes ~2 MB (checkpoint, its temporary copy, event files)
 PROBE_BYTES = 2**20
@@ -72,12 +81,62 @@ def overrides_of_run(folder: Path) -> list[str]:
 
 
 def merge_overrides(saved: list[str], given: list[str]) -> list[str]:
-    """The saved overrides of a resumed run, then the given ones; a key given now replaces its saved value."""
-    given_keys = {override.split("=", 1)[0].lstrip("+~") for override in given}
-    kept = [o for o in saved if o.split("=", 1)[0].lstrip("+~") not in given_keys | {"resume", "ckpt_path"}]
-    return kept + given
+    """The saved overrides of a resumed run, then the given ones; a key given now replaces its saved value.
+
+    ``resume`` and ``ckpt_path`` of the saved run are dropped: they said where that run started from.
+    """
+    given_keys = set(_keys(given)) | {"resume", "ckpt_path"}
+    return [override for override, key in zip(saved, _keys(saved), strict=True) if key not in given_keys] + given
+
+
+def _keys(overrides: list[str]) -> list[str]:
+    """The key (or config group) of each override, as Hydra parses it: ``+a.b=1`` and ``~a.b`` both mean ``a.b``."""
+    try:
+        return [override.key_or_group for override in OverridesParser.create().parse_overrides(overrides)]
+    except OverrideParseException as error:
+        raise UserError(f"cannot parse the overrides {overrides}: {str(error).splitlines()[0]}") from None
 
 
 def quoted(value: str) -> str:
     """Quote a value for a Hydra override, so paths with spaces, commas or quotes pass through unchanged."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class PrepareRunFolder(Callback):
+    """Before a single training run starts: bring back a resumed run's overrides, check the config, claim a folder.
+
+    Runs after Hydra composed the config and before it makes the run folder or writes into it, so a
+    command line that cannot run leaves nothing behind.
+    """
+
+    @stops_the_command
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.resume:
+            self._resume(config, Path(config.resume))
+            check_config(config)
+            check_writable(Path(config.resume))
+            return
+        check_config(config)
+        if "hydra.run.dir" in _keys(list(config.hydra.overrides.hydra)):
+            check_writable(Path(config.hydra.run.dir))  # chosen on the command line (also by Lightning's ddp)
+            return
+        folder = reserve_run_folder(Path(config.hydra.run.dir))
+        try:
+            check_writable(folder)
+        except UserError:
+            folder.rmdir()
+            raise
+        with read_write(config.hydra.run):
+            config.hydra.run.dir = str(folder)
+
+    @stops_the_command
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_writable(Path(config.hydra.sweep.dir).parent)
+
+    @staticmethod
+    def _resume(config: DictConfig, folder: Path) -> None:
+        """Run again with the resumed run's overrides, in its folder, unless this composition already has them."""
+        given = [str(override) for override in config.hydra.overrides.task]
+        overrides = merge_overrides(overrides_of_run(folder), given)
+        if overrides != given or Path(config.hydra.run.dir) != folder:
+            raise RunAgain(given, [*overrides, f"hydra.run.dir={quoted(str(folder))}"])

@@ -5,6 +5,8 @@ import time
 import lightning as L
 import torch
 
+THROUGHPUT_KEY = "examples_per_second"  # in callback_metrics, where the training run reads it
+
 
 class EpochTimer(L.Callback):
     """Times each training epoch from its first batch fetch to its end, per-epoch test evaluation included.
@@ -30,6 +32,11 @@ class EpochTimer(L.Callback):
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize(trainer.strategy.root_device)
         self.seconds += time.perf_counter() - self._epoch_start
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Report in ``callback_metrics``: with ``ddp_spawn`` they are all that returns to the launching process."""
+        # Each process times its own share of the data; together they train world_size times as many examples.
+        trainer.callback_metrics[THROUGHPUT_KEY] = torch.tensor(self.examples_per_second * trainer.world_size)
 
     @property
     def examples_per_second(self) -> float:

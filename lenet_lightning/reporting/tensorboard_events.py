@@ -1,0 +1,23 @@
+"""Raw records in a run's TensorBoard event file, for what Lightning's logger has no call for.
+
+The HPARAMS session and the "session start" marker that makes TensorBoard drop steps logged past a resumed
+checkpoint are records SummaryWriter writes only through its file writer, which it keeps private; this is the
+one place that reaches for it (the same call ``SummaryWriter(purge_step=...)`` makes).
+"""
+
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+
+def write_summaries(logger: TensorBoardLogger, summaries: list[Summary]) -> None:
+    """Append summaries (e.g. the HPARAMS plugin's) to the logger's event file, flushed at once."""
+    writer = logger.experiment._get_file_writer()
+    for summary in summaries:
+        writer.add_summary(summary)
+    writer.flush()
+
+
+def restart_at(logger: TensorBoardLogger, step: int) -> None:
+    """Mark a restart at ``step``: TensorBoard discards what the file holds from that step on."""
+    logger.experiment._get_file_writer().add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))

@@ -1,0 +1,18 @@
+"""The training run without optional callbacks: each callback stands alone, so any of them can be turned off."""
+
+import math
+from collections.abc import Callable
+
+import pytest
+
+from lenet_lightning.training.run import fit
+
+
+@pytest.mark.parametrize("callback", ["epoch_timer", "divergence", "error_analysis", "logs_follow_checkpoints"])
+def test_run_completes_with_a_callback_removed(make_config: Callable, callback: str) -> None:
+    result = fit(make_config(f"~callbacks.{callback}", "epochs=1", "accelerator=cpu"))
+    assert result.status == "completed"
+    assert math.isfinite(result.test_acc)
+    assert math.isfinite(result.examples_per_second) == (callback != "epoch_timer")
+    if callback == "epoch_timer":
+        assert "throughput not measured" in result.summary_lines()[1]
