@@ -14,7 +14,8 @@ from lenet_lightning.config.check import check_sweep_job
 from lenet_lightning.config.command import exit_bad_input, run_command
 from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.location import CONFIG_DIR
-from lenet_lightning.inference.evaluate import evaluate, report_lines
+from lenet_lightning.inference.evaluate import EVAL_JSON, evaluate, report_lines
+from lenet_lightning.reporting.atomic_files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         result = evaluate(cfg.ckpt_path, data_dir=cfg.data_dir, output=cfg.output, accelerator=cfg.accelerator)
     except UserError as error:
         exit_bad_input(error)
-    (Path(result["output_dir"]) / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomically(Path(result["output_dir"]) / EVAL_JSON, json.dumps(result, indent=2) + "\n")
     for line in report_lines(result):
         log.info(line)
     return result["test_acc"]

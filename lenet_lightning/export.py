@@ -1,7 +1,8 @@
 """``python -m lenet_lightning.export ckpt_path=... format=onnx|torchscript``: export and check a checkpoint.
 
 Torch is imported only once a checkpoint is exported, so ``--help`` stays quick. Exit status: 0 exported
-and checked, 1 the exported model's logits differ from PyTorch's, 2 bad input (one line on stderr).
+and checked, 1 the exported model's logits differ from PyTorch's (or are NaN; the file is not kept), 2 bad
+input (one line on stderr, nothing written), such as an output that is a file the export reads.
 """
 
 import logging

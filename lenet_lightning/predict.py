@@ -1,9 +1,12 @@
 """``python -m lenet_lightning.predict ckpt_path=... inputs=...``: classify your own pictures.
 
-Torch and Lightning are imported only once there is something to classify, so ``--help`` stays quick.
+Torch and Lightning are imported only once there is something to classify, so ``--help`` stays quick. Exit
+status: 0 every picture classified, 1 some skipped (unreadable or too large; the others are still classified
+and written), 2 bad input (one line on stderr), nothing read or written.
 """
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -16,6 +19,7 @@ from lenet_lightning.config.location import CONFIG_DIR
 from lenet_lightning.inference.predict import TOP_K, predict, write_csv
 
 log = logging.getLogger(__name__)
+EXIT_SKIPPED = 1
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
@@ -24,7 +28,9 @@ def classify(cfg: DictConfig) -> None:
     inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else cfg.inputs
     try:
         check_sweep_job(cfg)
-        predictions, failures = predict(cfg.ckpt_path, inputs, cfg.invert, cfg.batch_size, cfg.accelerator)
+        predictions, failures = predict(
+            cfg.ckpt_path, inputs, cfg.invert, cfg.batch_size, cfg.accelerator, output=cfg.output
+        )
     except UserError as error:
         exit_bad_input(error)
     for path, reason in failures:
@@ -38,6 +44,9 @@ def classify(cfg: DictConfig) -> None:
     if cfg.output:
         write_csv(predictions, Path(cfg.output))
         log.info("predictions written to %s", cfg.output)
+    if failures:
+        log.error("%d of %d files skipped (listed above)", len(failures), len(failures) + len(predictions))
+        sys.exit(EXIT_SKIPPED)
 
 
 def main() -> None:

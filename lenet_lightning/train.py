@@ -1,12 +1,12 @@
 """Command-line entry point: ``python -m lenet_lightning.train [key=value ...]`` (Hydra overrides).
 
 Only Hydra is imported at module level: ``--help`` and bad overrides are answered without paying
-for importing torch and Lightning. Exit status of a single run: 0 done, 2 bad input (one line on
-stderr), 3 training diverged, 143 stopped by SIGTERM, 130 stopped by Ctrl-C (the last checkpoint is
+for importing torch and Lightning. Exit status of a single run: 0 done (or nothing left to do: a
+resumed run that has all its epochs), 2 bad input (one line on stderr; also a run that trained no
+epoch), 3 training diverged, 143 stopped by SIGTERM, 130 stopped by Ctrl-C (the last checkpoint is
 kept in both).
 """
 
-import json
 import logging
 import math
 import sys
@@ -18,10 +18,19 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lenet_lightning.config.check import check_sweep_job
-from lenet_lightning.config.command import exit_bad_input, run_command
+from lenet_lightning.config.command import NothingToDo, exit_bad_input, run_command
 from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.reporting.records import write_result_json
 from lenet_lightning.training.launch_guard import ReexecutionInMultirunError
+from lenet_lightning.training.run_folder import (
+    hold_run_folder,
+    hydra_safe_arguments,
+    override,
+    release_run_folder,
+    start_checkpoint,
+    train_command,
+)
 
 log = logging.getLogger(__name__)
 EXIT_DIVERGED = 3
@@ -36,28 +45,48 @@ def train(cfg: DictConfig) -> float:
     or diverged job is recorded in its ``result.json`` and returns NaN, so the other jobs still run
     (``sys.exit`` here would end the whole sweep); a single run exits non-zero.
     """
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    output_dir = Path(cfg.output_dir)
+    if not sweeping:  # the folder was claimed, and is held, since PrepareRunFolder
+        return _train(cfg, output_dir, sweeping)
+    try:
+        hold_run_folder(output_dir)  # a job's folder is held while it trains, as a single run's is
+    except UserError as error:  # a resume of this job is running in it: leave its files alone
+        log.error("run skipped: %s", error)
+        return math.nan
+    try:
+        return _train(cfg, output_dir, sweeping)
+    finally:
+        release_run_folder(output_dir)
+
+
+def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> float:
+    """Fit and report; what ends the run is recorded in ``result.json``, except a result that was never made."""
     from lightning.pytorch.utilities import rank_zero_only
 
     from lenet_lightning.reporting.plots import save_run_curves
-    from lenet_lightning.training.checkpoints import TrainingInterrupted
+    from lenet_lightning.training.checkpoints import TrainingInterrupted, check_checkpoint_fits
     from lenet_lightning.training.run import fit
 
-    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
-    output_dir = Path(cfg.output_dir)
     try:
         check_sweep_job(cfg)
+        start = start_checkpoint(cfg.ckpt_path, None, output_dir) if sweeping else None  # single runs: checked
+        if start is not None:
+            check_checkpoint_fits(start, cfg, override("ckpt_path", str(cfg.ckpt_path)))
         result = fit(cfg)
     except ReexecutionInMultirunError as error:  # every job of the sweep would fail the same way: end it now
         exit_bad_input(error)
     except TrainingInterrupted as interruption:
         write_record(output_dir, "interrupted", str(interruption))
         log.warning(
-            "%s: checkpoints/last.ckpt holds the last finished epoch; continue with "
-            "python -m lenet_lightning.train resume=%s",
+            "%s: checkpoints/last.ckpt holds the last finished epoch; continue with %s",
             interruption,
-            output_dir,
+            train_command(override("resume", str(output_dir))),
         )
         sys.exit(interruption.exit_code)
+    except NothingToDo as done:  # only in a sweep: a single run's checkpoint was checked before it started
+        write_record(output_dir, "no_epochs", str(done))
+        return math.nan
     except Exception as error:
         if sweeping:
             return record_failure(output_dir, error)
@@ -65,15 +94,18 @@ def train(cfg: DictConfig) -> float:
             write_record(output_dir, "failed", str(error))
             exit_bad_input(error)
         raise
-    if not math.isfinite(result.train_loss) and result.status == "completed":  # NaN/inf with no divergence check
-        result.status = "diverged"
     if rank_zero_only.rank == 0:  # with the ddp strategy every process runs this function; one reports
-        result.write_json(result.output_dir / "result.json")
-        save_run_curves(result.output_dir)
-        for line in result.summary_lines():
-            log.info(line)
+        # A run that trained no epoch has no result: it never replaces the record of a run that has one.
+        if result.status != "no_epochs" or not (output_dir / "result.json").exists():
+            result.write_json(result.output_dir / "result.json")
+        if result.status != "no_epochs":
+            save_run_curves(result.output_dir)
+            for line in result.summary_lines():
+                log.info(line)
         if result.status == "diverged":
             log.error("error: training diverged: %s", result.reason or "the loss is not finite")
+    if not sweeping and result.status == "no_epochs":
+        exit_bad_input(UserError(result.reason))
     if result.status == "diverged" and not sweeping:
         sys.exit(EXIT_DIVERGED)
     return result.test_acc
@@ -81,9 +113,11 @@ def train(cfg: DictConfig) -> float:
 
 def write_record(output_dir: Path, status: str, reason: str) -> None:
     """``result.json`` of a run that ended without final metrics: its status and a one-line reason."""
-    output_dir.mkdir(parents=True, exist_ok=True)
     record = {"status": status, "reason": reason.splitlines()[0] if reason else "", "output_dir": str(output_dir)}
-    (output_dir / "result.json").write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        write_result_json(output_dir / "result.json", record)
+    except OSError as error:  # a full or read-only disk: the one-line report of the run matters more
+        log.warning("could not write %s: %s", output_dir / "result.json", error.strerror or error)
 
 
 def record_failure(output_dir: Path, error: Exception) -> float:
@@ -99,7 +133,11 @@ def record_failure(output_dir: Path, error: Exception) -> float:
 
 
 def cli() -> None:
-    """Run from the command line: bad input is reported in one line with exit status 2, before any work."""
+    """Run from the command line: bad input is reported in one line with exit status 2, before any work.
+
+    ``resume=``, ``ckpt_path=`` and ``hydra.run.dir=`` take any file or folder name as typed (``hydra_safe_arguments``).
+    """
+    sys.argv[1:] = hydra_safe_arguments(sys.argv[1:])
     run_command(train, "train")
 
 

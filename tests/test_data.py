@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet_lightning.data.datamodule import DataUnavailableError, MNISTDataModule
+from lenet_lightning.data.datamodule import DataUnavailableError, MNISTDataModule, TensorBatches
 from tests.conftest import TINY_TEST, TINY_TRAIN, rank_shards
 
 
@@ -46,6 +46,24 @@ def test_every_training_example_is_seen_once_per_epoch_in_a_new_order(tiny_data_
     assert not torch.equal(epochs[0], epochs[1])
     batches = list(loader)
     assert [len(labels) for _, labels in batches] == [100] * 5 + [12]
+
+
+@pytest.mark.parametrize(
+    "size,batch_size,training,expected",
+    [
+        (9, 4, True, [4, 5]),  # a last training batch of one joins the batch before it
+        (5, 4, True, [5]),
+        (10, 4, True, [4, 4, 2]),
+        (1, 4, True, [1]),  # nothing to join: a training set of one example
+        (9, 4, False, [4, 4, 1]),  # evaluation batches keep every size
+    ],
+)
+def test_training_never_ends_an_epoch_on_a_batch_of_one(size: int, batch_size: int, training: bool, expected) -> None:
+    generator = torch.Generator().manual_seed(0) if training else None
+    batches = TensorBatches(torch.zeros(size, 28, 28, dtype=torch.uint8), torch.arange(size), batch_size, generator)
+    seen = [labels for _, labels in batches]
+    assert [len(labels) for labels in seen] == expected and len(batches) == len(expected)
+    assert sorted(torch.cat(seen).tolist()) == list(range(size)), "every example once per pass"
 
 
 def test_batches_follow_the_permutation(tiny_data_dir: Path) -> None:

@@ -72,8 +72,9 @@ def test_pictures_get_the_models_predictions_on_the_original_tensors(
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
 
     done = run_cli(f"ckpt_path={checkpoint}", f"inputs={folder}", "output=preds.csv", module="lenet_lightning.predict")
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 1, done.stderr[-3000:]  # a file was skipped; the others are still predicted
     assert f"skipped {folder / 'corrupt.png'}: " in done.stderr
+    assert f"1 of {3 * PICTURES + 1} files skipped" in done.stderr
     with (tmp_path / "preds.csv").open() as file:
         rows = {Path(row["file"]).stem: row for row in csv.DictReader(file)}
     assert len(rows) == 3 * PICTURES

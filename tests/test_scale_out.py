@@ -3,6 +3,9 @@
 import hashlib
 import json
 import pickle
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,8 +19,8 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from lenet_lightning.data.datamodule import MNISTDataModule
 from lenet_lightning.model.classifier import LeNetClassifier
-from lenet_lightning.training.run import build
-from tests.conftest import CONFIG_DIR, TINY_TRAIN, rank_shards, write_tiny_dataset
+from lenet_lightning.training.run import build, fit
+from tests.conftest import CONFIG_DIR, TINY_TRAIN, cli_env, rank_shards, write_tiny_dataset
 
 ODD_TEST_SIZE = 101  # not a multiple of the process count: a padded evaluation shard would count one image twice
 
@@ -38,6 +41,13 @@ class ShardRecorder(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         path = Path(trainer.default_root_dir) / f"shards-rank{trainer.global_rank}.json"
         path.write_text(json.dumps(self.epochs))
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now, where the processes of one run meet."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def fingerprints(images: torch.Tensor) -> list[str]:
@@ -148,6 +158,53 @@ def test_two_cpu_processes_train_one_run_with_synced_metrics(run_cli, odd_data_d
 
 
 @pytest.mark.slow
+def test_two_nodes_on_one_machine_train_as_one_process_with_their_global_batch(
+    make_config, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    """``trainer=ddp_multinode`` started twice, as on two machines, sharing one run folder.
+
+    Lightning's LightningEnvironment reads MASTER_ADDR, MASTER_PORT, NODE_RANK and WORLD_SIZE. Each node takes
+    every other example of each global batch of 2 x 32, so the steps are those of one process with batch 64.
+    """
+    run = tmp_path / "two-nodes"
+    # In float64, so the comparison can be tight: in float32 the other order of the sums differs by 1e-7 after
+    # one epoch, and by 5e-4 after two at this learning rate.
+    recipe = ("accelerator=cpu", "trainer.precision=64-true", "epochs=2", "model.activation=relu", "lr=0.1")
+    recipe += ("~callbacks.error_analysis",)  # its figures are not compared, and it runs in float32 only
+    command = [sys.executable, "-m", "lenet_lightning.train", "trainer=ddp_multinode", "trainer.num_nodes=2"]
+    command += ["trainer.devices=1", "dataset.batch_size=32", *recipe, f"hydra.run.dir={run}"]
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    # One thread per process: two nodes on one 2-core machine would otherwise each use both cores (10x slower).
+    rendezvous["OMP_NUM_THREADS"] = "1"
+    logs = [(tmp_path / f"node{rank}.out", tmp_path / f"node{rank}.err") for rank in (0, 1)]
+    nodes = []
+    for rank, (out, err) in enumerate(logs):
+        env = {**cli_env(tiny_data_dir), **rendezvous, "NODE_RANK": str(rank)}
+        with out.open("w") as stdout, err.open("w") as stderr:
+            nodes.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=stdout, stderr=stderr))
+    try:
+        deadline = time.monotonic() + 150
+        exit_statuses = [node.wait(timeout=max(deadline - time.monotonic(), 1)) for node in nodes]
+    finally:  # one node waiting for a peer that never comes must not outlive the test
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    assert exit_statuses == [0, 0], [err.read_text()[-2000:] for _, err in logs]
+    assert [out.read_text().count("run folder:") for out, _ in logs] == [1, 0]  # rank 0 alone reports
+    two_nodes = json.loads((run / "result.json").read_text())
+    assert two_nodes["status"] == "completed" and two_nodes["device"] == "2 x cpu"
+
+    one = fit(make_config(*recipe, "dataset.batch_size=64", output_dir=tmp_path / "one-process"))
+    # Equal up to rounding: each node's mean gradient over 32 examples, averaged, instead of one mean over 64.
+    for key in ("train_loss", "train_acc", "test_acc"):
+        assert two_nodes[key] == pytest.approx(getattr(one, key), abs=1e-12), key
+    weights = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True) for folder in (run, one.output_dir)]
+    assert weights[0]["global_step"] == weights[1]["global_step"] == 2 * TINY_TRAIN // 64
+    torch.testing.assert_close(weights[0]["state_dict"], weights[1]["state_dict"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
 def test_joblib_launcher_runs_a_sweep_in_parallel_processes(run_cli, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     done = run_cli(
@@ -177,8 +234,8 @@ def test_multirun_with_reexecuting_ddp_fails_fast_with_the_fix(run_cli, tmp_path
     )
     assert time.monotonic() - start < 120
     assert done.returncode == 2
-    last_line = done.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: the ddp strategy re-runs the command")
-    assert "trainer=ddp_cpu" in last_line
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]  # then where the summary is
+    assert len(errors) == 1 and errors[0].startswith("error: the ddp strategy re-runs the command")
+    assert "trainer=ddp_cpu" in errors[0]
     assert "Traceback" not in done.stderr
     assert not list(sweep.rglob("*.ckpt")) and not list(sweep.rglob("events.out.tfevents.*"))

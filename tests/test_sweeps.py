@@ -3,10 +3,13 @@
 import csv
 import json
 import math
+import re
+import signal
 from pathlib import Path
 
 import pytest
 from matplotlib.image import imread
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 from lenet_lightning.reporting.records import best_test_acc, read_run
@@ -32,7 +35,7 @@ def assert_png(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_lr_sweep_names_runs_and_summarises_them(run_cli, tmp_path: Path) -> None:
+def test_lr_sweep_names_runs_and_summarises_them(run_cli, tmp_path: Path, tiny_data_dir: Path) -> None:
     lrs = ("0.05", "0.3", "0.9")
     done = run_cli("-m", f"lr={','.join(lrs)}", *TINY_SWEEP)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -63,6 +66,8 @@ def test_lr_sweep_names_runs_and_summarises_them(run_cli, tmp_path: Path) -> Non
         assert test_acc[int(row["best_epoch"]) - 1] == max(test_acc)
         assert float(row["wall_s"]) > 0
         assert_png(sweep_dir / row["run"] / "curves.png")
+        # The job's saved config names the data folder it read, not ${oc.env:LENET_DATA_DIR,data}.
+        assert f"data_dir: {tiny_data_dir}\n" in (sweep_dir / row["run"] / ".hydra" / "config.yaml").read_text()
 
     markdown = (sweep_dir / "summary.md").read_text()
     assert all(f"| {name} | completed |" in markdown for name in names)
@@ -83,10 +88,66 @@ def test_failed_and_diverged_runs_do_not_stop_the_sweep(run_cli, tmp_path: Path)
 
     assert rows["-1"]["reason"] == "UserError: lr=-1 is not allowed: lr must be a number > 0 and <= 3.4e+38"
     assert rows["1e+30"]["best_test_acc"] == "" and rows["1e+30"]["best_epoch"] == ""
-    assert math.isnan(float(json.loads((sweep_dir / rows["1e+30"]["run"] / "result.json").read_text())["train_loss"]))
+    assert json.loads((sweep_dir / rows["1e+30"]["run"] / "result.json").read_text())["train_loss"] is None  # not NaN
     assert float(rows["0.3"]["test_acc"]) > 0.15  # ran after the failure, and learned
     assert "failed: UserError: lr=-1 is not allowed" in (sweep_dir / "summary.md").read_text()
     assert_png(sweep_dir / "sweep_test_acc.png")
+
+
+def make_job_folder(folder: Path, overrides: str) -> Path:
+    """A job folder as Hydra leaves it before the job writes anything: only ``.hydra/overrides.yaml``."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(overrides)
+    return folder
+
+
+@pytest.mark.slow
+def test_damaged_and_interrupted_runs_get_rows_and_never_stop_the_summary(run_cli, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    (make_job_folder(sweep_dir / "old-empty", "- lr=0.1\n") / "result.json").write_text("")  # a disk filled up
+    killed = make_job_folder(sweep_dir / "old-killed", "- lr=0.2\n")  # kill -9 after its first checkpoint
+    (killed / "checkpoints").mkdir()
+    (killed / "checkpoints" / "last.ckpt").write_bytes(b"")
+    terminate_in_epoch_2 = (
+        "+callbacks.fault._target_=tests.reliability_faults.SignalAt",
+        "+callbacks.fault.epoch=2",
+        "+callbacks.fault.batch=1",
+        f"+callbacks.fault.signum={int(signal.SIGTERM)}",
+        "+callbacks.fault.marker=fired",
+    )
+    done = run_cli(
+        "-m", "epochs=1,2", "model.activation=relu", f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweep.subdir=epochs${epochs}", *terminate_in_epoch_2,
+    )  # fmt: skip
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert "[sweep] 3 run(s) done" in done.stdout, "the damaged record did not stop the update after the first job"
+    rows = {row["run"]: row for row in read_summary(sweep_dir)}
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "epochs1": "completed",
+        "epochs2": "interrupted",  # stopped by SIGTERM: the summary is written as the sweep exits
+        "old-killed": "interrupted",
+        "old-empty": "unreadable",
+    }
+    assert f"resume={killed}" in rows["old-killed"]["reason"]
+    assert "result.json is empty" in rows["old-empty"]["reason"]
+    assert float(rows["epochs2"]["wall_s"]) > 0, "an interrupted run's time comes from its event files"
+
+
+@pytest.mark.slow
+def test_a_sweep_run_again_into_its_folder_reports_each_runs_own_wall_time(run_cli, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    for _ in range(2):
+        done = run_cli("-m", "lr=0.3", "epochs=1", f"hydra.sweep.dir={sweep_dir}")
+        assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = read_summary(sweep_dir)
+    run_dir = sweep_dir / row["run"]
+    training = json.loads((run_dir / "result.json").read_text())["wall_seconds"]
+    assert float(row["wall_s"]) == pytest.approx(training)
+    files = sorted(run_dir.glob("events.out.tfevents.*"))
+    assert len(files) == 2, "each sweep wrote its own event file into the job folder"
+    times = [event.wall_time for file in files for event in EventFileLoader(str(file)).Load()]
+    assert float(row["wall_s"]) < max(times) - min(times), "not the span of both sweeps and the gap between"
+    assert re.search(rf"^1 runs, {round(training)} s of training", done.stdout, re.M), done.stdout
 
 
 @pytest.mark.slow

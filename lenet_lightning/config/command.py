@@ -57,6 +57,14 @@ def stops_the_command(hook: Hook) -> Hook:
     return cast(Hook, checked_hook)
 
 
+class NothingToDo(Exception):
+    """Raised by a Hydra callback when the command would change nothing (resuming a run that has all its epochs).
+
+    Not an error: the run is as the command asks, so the message is printed and the command exits with 0,
+    and running the same command again (a job scheduler's retry) is harmless.
+    """
+
+
 class RunAgain(Exception):
     """Raised by a Hydra callback before anything runs: run the command again with other overrides.
 
@@ -81,6 +89,8 @@ def run_command(main: Callable[[], Any], command: str) -> None:
         except RunAgain as again:
             sys.argv[1:] = again.arguments(sys.argv[1:])
             _run(main)
+    except NothingToDo as done:
+        print(done)
     except BAD_INPUT as error:
         print(f"error: {explain(error, command)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

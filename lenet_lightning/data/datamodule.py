@@ -37,6 +37,9 @@ class TensorBatches:
     state, so all draw the same permutation and take every ``world_size``-th index of it. Shuffled
     (training) shares are padded by wrapping around to equal length, so all processes take the same
     number of optimizer steps; evaluation shares are not, so every test example is counted exactly once.
+    A shuffled (training) pass never ends on a batch of one example, which batch norm cannot train on (the
+    variance of one value is undefined): that example joins the batch before it, so every example is still
+    seen once per epoch. Evaluation batches keep whatever size is left over.
     """
 
     def __init__(
@@ -59,8 +62,18 @@ class TensorBatches:
             return math.ceil(n / self.world_size)
         return len(range(self.rank, n, self.world_size))
 
+    def _batch_sizes(self) -> list[int]:
+        """The size of each batch of a pass: full batches, then the remainder (folded into the last when training)."""
+        full, remainder = divmod(self._shard_size(), self.batch_size)
+        sizes = [self.batch_size] * full
+        if remainder == 1 and full and self.generator is not None:
+            sizes[-1] += 1
+        elif remainder:
+            sizes.append(remainder)
+        return sizes
+
     def __len__(self) -> int:
-        return math.ceil(self._shard_size() / self.batch_size)
+        return len(self._batch_sizes())
 
     def indices(self) -> Tensor:
         """This pass's example indices for this rank (drawing a fresh permutation when shuffling)."""
@@ -77,7 +90,7 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.indices()
-        for batch in order.split(self.batch_size):
+        for batch in order.split(self._batch_sizes()):
             # index_select is a plain row gather; images[batch] goes through the general advanced-indexing
             # kernel, about 20x slower on the CPU for this shape.
             images = self.images.index_select(0, batch)

@@ -4,10 +4,13 @@ The data sets' images are bright content on a black background, cropped to the c
 into a fixed box: MNIST digits fit a 20 x 20 box centred by their centre of mass in the 28 x 28 field;
 Fashion-MNIST products have their longest side scaled to 28 and are centred. Pictures of any size and
 colour mode are brought into the same form, so a photo of a digit on white paper is classified like a
-test image.
+test image. Pictures larger than :data:`MAX_PIXELS` are refused from their header, before they are decoded.
 """
 
-from collections.abc import Sequence
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,12 @@ from lenet_lightning.data.datamodule import to_network_input
 SIZE = 28
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 BRIGHT_BACKGROUND = 128  # a border brighter than this (0..255) means dark content on a light background
+# 4096 x 4096 (16.8 megapixels): more than a 12-megapixel phone photo or an A4 page scanned at 300 dpi (8.7), far
+# more than a 28 x 28 result needs, and a fifth of Pillow's own limit (89 megapixels, set for image viewers).
+# Converting one that size takes at most about 400 MB and 2 s (some 23 bytes per pixel when the content fills
+# the picture, the worst case); a 10000 x 10000 PNG of 122 KB would take 2.3 GB, so it is refused unread.
+MAX_PIXELS = 4096 * 4096
+TOO_LARGE = f"larger than {MAX_PIXELS:,} pixels (4096 x 4096), the most predict reads; scale it down first"
 
 
 @dataclass(frozen=True)
@@ -91,25 +100,29 @@ def to_dataset_image(image: Image.Image, style: ImageStyle, invert: bool | None 
 
     ``invert=None`` inverts pictures whose border is bright (dark-on-light, such as ink on paper).
     """
-    pixels = np.asarray(flatten_transparency(ImageOps.exif_transpose(image)).convert("L"), dtype=np.float32)
+    # One float32 copy, worked on in place: memory stays a small multiple of the picture's size (see MAX_PIXELS).
+    pixels = np.array(flatten_transparency(ImageOps.exif_transpose(image)).convert("L"), dtype=np.float32)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if invert is None:
         invert = bool(np.median(border) > BRIGHT_BACKGROUND)
     if invert:
-        pixels, border = 255 - pixels, 255 - border
-    pixels = np.clip(pixels - np.median(border), 0, 255)  # a grey paper background becomes black
+        np.subtract(255, pixels, out=pixels)
+        border = 255 - border
+    pixels -= np.median(border)  # a grey paper background becomes black
+    np.clip(pixels, 0, 255, out=pixels)
     brightest = pixels.max()
     if brightest == 0:
         return np.zeros((SIZE, SIZE), dtype=np.uint8)
-    pixels = pixels * (255 / brightest)  # both data sets' images span the full range up to white
-    rows, cols = np.nonzero(pixels > style.threshold * 255)
-    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    pixels *= 255 / brightest  # both data sets' images span the full range up to white
+    content = pixels > style.threshold * 255
+    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     scale = style.box / max(bottom - top, right - left)
     if style.centre_of_mass:
-        content = pixels[top:bottom, left:right]
-        ys, xs = np.indices(content.shape)
-        centre_y = top + (ys * content).sum() / content.sum() + 0.5
-        centre_x = left + (xs * content).sum() / content.sum() + 0.5
+        crop = pixels[top:bottom, left:right]
+        mass = crop.sum()  # by rows and columns: no index grid the size of the picture
+        centre_y = top + np.arange(crop.shape[0]) @ crop.sum(axis=1, dtype=np.float64) / mass + 0.5
+        centre_x = left + np.arange(crop.shape[1]) @ crop.sum(axis=0, dtype=np.float64) / mass + 0.5
         target = SIZE / 2 + 0.5  # MNIST's centres of mass sit on pixel 14
     else:
         centre_y, centre_x, target = (top + bottom) / 2, (left + right) / 2, SIZE / 2
@@ -121,30 +134,52 @@ def resample(pixels: np.ndarray, scale: float, centre_y: float, centre_x: float,
 
     Unscaled content moves by whole pixels, so a picture already in the data set's form comes back
     unchanged instead of blurred by a sub-pixel shift; scaled content is placed exactly. Resizing with a source
-    ``box`` antialiases like a plain resize and never builds the scaled picture in full.
+    ``box`` antialiases like a plain resize and never builds the scaled picture in full; only the part of the
+    picture the filter reaches is copied, on a black field where the window reaches past the picture's edge.
     """
     first_row, first_col = centre_y * scale - target, centre_x * scale - target
     if scale == 1:
         first_row, first_col = round(first_row), round(first_col)
-    margin = int(np.ceil(SIZE / scale)) + 1  # black border, so the window may reach past the picture's edge
-    padded = np.pad(pixels.astype(np.float32), margin)
-    box = (
-        first_col / scale + margin,
-        first_row / scale + margin,
-        (first_col + SIZE) / scale + margin,
-        (first_row + SIZE) / scale + margin,
-    )
-    window = Image.fromarray(padded, mode="F").resize((SIZE, SIZE), Image.Resampling.LANCZOS, box=box)
+    top, left, span = first_row / scale, first_col / scale, SIZE / scale  # the window, in the picture's pixels
+    reach = 3 * max(span / SIZE, 1) + 1  # Lanczos reads 3 output pixels (at least 3 picture pixels) past it
+    y0, x0 = math.floor(top - reach), math.floor(left - reach)
+    y1, x1 = math.ceil(top + span + reach), math.ceil(left + span + reach)
+    height, width = pixels.shape
+    region = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    ys, xs = slice(max(y0, 0), min(y1, height)), slice(max(x0, 0), min(x1, width))  # the part inside the picture
+    region[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] = pixels[ys, xs]
+    box = (left - x0, top - y0, left - x0 + span, top - y0 + span)
+    window = Image.fromarray(region, mode="F").resize((SIZE, SIZE), Image.Resampling.LANCZOS, box=box)
     return np.clip(np.asarray(window), 0, 255).round().astype(np.uint8)
 
 
+@contextmanager
+def pixel_limit(limit: int) -> Iterator[None]:
+    """Pillow's decompression-bomb check, at ``limit`` pixels: ``Image.open`` raises for a larger picture.
+
+    Pillow reads the size from the file's header and, above ``MAX_IMAGE_PIXELS``, warns (raises above twice
+    that); the warning is made an error here, and Pillow's limit is put back afterwards.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def load_images(paths: Sequence[Path], style: ImageStyle, invert: bool | None = None) -> LoadedImages:
-    """Read and convert each picture; unreadable files are listed in ``failures`` and skipped."""
+    """Read and convert each picture; unreadable and oversized files are listed in ``failures`` and skipped."""
     arrays, loaded, failures = [], [], []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with pixel_limit(MAX_PIXELS), Image.open(path) as image:
                 arrays.append(to_dataset_image(image, style, invert))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            failures.append((path, TOO_LARGE))
+            continue
         except (UnidentifiedImageError, OSError, ValueError) as error:
             failures.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
             continue

@@ -2,23 +2,31 @@
 
 The user names only the checkpoint: the data set (and its folder) come from the run folder's
 ``.hydra/config.yaml`` when the checkpoint sits in a run folder, else from the class names stored in the
-checkpoint's hyper-parameters.
+checkpoint's hyper-parameters. A checkpoint whose weights are not all finite (bit rot, a diverged run saved
+by hand) and a run config that is not a readable config are refused here, so they never reach a result.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.config.schema import DatasetConfig
 from lenet_lightning.data.datamodule import DATASETS, MNISTDataModule
+from lenet_lightning.inference.outputs import FilesRead
 from lenet_lightning.model.classifier import LeNetClassifier
 from lenet_lightning.training.checkpoints import load_checkpoint_safely
 
 TRAIN_CONFIG = CONFIG_DIR / "train.yaml"
+RUN_CONFIG = Path(".hydra") / "config.yaml"
 CHECKPOINT_HINT = "pass ckpt_path=outputs/runs/<date>/<time>/checkpoints/last.ckpt (or the run folder)"
 
 
@@ -55,8 +63,20 @@ class LoadedCheckpoint:
             # Training's default folder (LENET_DATA_DIR, else data/), read from its config so the two agree.
             default_dir = OmegaConf.load(TRAIN_CONFIG).data_dir
             return MNISTDataModule(name=self.dataset_name, data_dir=data_dir or default_dir)
-        config = self.run_config if data_dir is None else OmegaConf.merge(self.run_config, {"data_dir": data_dir})
-        return instantiate(config.dataset)
+        try:
+            config = self.run_config if data_dir is None else OmegaConf.merge(self.run_config, {"data_dir": data_dir})
+            return instantiate(config.dataset)
+        except (InstantiationException, OmegaConfBaseException) as error:
+            raise damaged_run_config(self.path, self.run_dir, error) from None
+
+    def files_read(self, datamodule: MNISTDataModule | None = None) -> FilesRead:
+        """What a command using this checkpoint reads, so that no output is ever written over one of them."""
+        files = [("the checkpoint", self.path)]
+        if self.run_dir is not None:
+            files.append(("the run config", self.run_dir / RUN_CONFIG))
+        if datamodule is not None:
+            files += [("the data file", path) for path in datamodule.expected_files()]
+        return files
 
     def output_dir(self, kind: str) -> Path:
         """Default folder for what a tool writes about this checkpoint: ``<run>/<kind>/<checkpoint name>``."""
@@ -87,9 +107,49 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def find_run_dir(path: Path) -> Path | None:
     """The Hydra run folder a checkpoint belongs to (``<run>/checkpoints/last.ckpt``), if it has one."""
     for folder in (path.parent, path.parent.parent):
-        if (folder / ".hydra" / "config.yaml").is_file():
+        if (folder / RUN_CONFIG).is_file():
             return folder
     return None
+
+
+def damaged_run_config(path: Path, run_dir: Path, error: Exception | str) -> CheckpointError:
+    """One line naming the damaged run config and the two ways on: repair it, or do without it."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CheckpointError(
+        f"run config {run_dir / RUN_CONFIG} is damaged ({reason}); restore it from a copy, or copy {path} out "
+        "of its run folder to use it without one (the data set is then told by the checkpoint's class names)"
+    )
+
+
+def read_run_config(path: Path, run_dir: Path) -> DictConfig:
+    """The run's composed config, refused unless its ``dataset`` section is whole (truncated files, garbage).
+
+    The tools use that section only; it must resolve and give every key of the schema's ``DatasetConfig``.
+    """
+    try:
+        config = OmegaConf.load(run_dir / RUN_CONFIG)
+        section = config.dataset
+        if not isinstance(section, DictConfig):
+            raise damaged_run_config(path, run_dir, f"dataset is {section!r}, not a section of keys")
+        dataset = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.to_container(section, resolve=True))
+    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException) as error:
+        raise damaged_run_config(path, run_dir, error) from None
+    missing = OmegaConf.missing_keys(dataset)
+    if missing:
+        raise damaged_run_config(path, run_dir, f"dataset has no {', '.join(sorted(missing))}")
+    if dataset.name not in DATASETS:
+        raise damaged_run_config(path, run_dir, f"dataset.name is {dataset.name!r}, not one of {', '.join(DATASETS)}")
+    return config
+
+
+def refuse_non_finite(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Weights that are NaN or infinite give NaN results that look like numbers: refuse them instead."""
+    bad = [name for name, tensor in state_dict.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} has NaN or infinite weights (in {', '.join(bad)}): the file is damaged or its run "
+            "diverged; use another checkpoint or train again"
+        )
 
 
 def load_checkpoint(ckpt_path: str | None) -> LoadedCheckpoint:
@@ -104,7 +164,8 @@ def load_checkpoint(ckpt_path: str | None) -> LoadedCheckpoint:
     except (TypeError, ValueError, RuntimeError) as error:
         reason = str(error).splitlines()[0]
         raise CheckpointError(f"{path} does not hold a LeNetClassifier this project can rebuild ({reason})") from error
+    refuse_non_finite(path, module.state_dict())
     module.eval()
     run_dir = find_run_dir(path)
-    run_config = OmegaConf.load(run_dir / ".hydra" / "config.yaml") if run_dir is not None else None
+    run_config = read_run_config(path, run_dir) if run_dir is not None else None
     return LoadedCheckpoint(path=path, module=module, run_dir=run_dir, run_config=run_config)

@@ -3,11 +3,16 @@
 Evaluates a checkpoint on the official test set with the same metrics as training (so its test acc is
 the run's final test acc), prints a per-class accuracy table, writes ``eval.json`` and draws the
 confusion matrix and the most confident mistakes. Torch and Lightning are imported only once a
-checkpoint is evaluated, so ``--help`` stays quick.
+checkpoint is evaluated, so ``--help`` stays quick. The output folder is checked before the test set is
+read: it must be writable, and none of the files written there may be one that eval reads.
 """
 
 from pathlib import Path
 from typing import Any
+
+from lenet_lightning.inference.outputs import check_output_folder
+
+EVAL_JSON = "eval.json"
 
 
 def evaluate(
@@ -19,13 +24,16 @@ def evaluate(
 
     from lenet_lightning.inference.checkpoint import load_checkpoint
     from lenet_lightning.reporting.console import route_to_logging
-    from lenet_lightning.reporting.error_analysis import ErrorAnalysis
+    from lenet_lightning.reporting.error_analysis import CONFUSION_TAG, MISCLASSIFIED_TAG, ErrorAnalysis
 
     route_to_logging()  # Lightning's device lines to the log config, not as "INFO: ..." on stderr
 
     loaded = load_checkpoint(ckpt_path)
     datamodule = loaded.datamodule(data_dir)
+    # The default folder <run>/eval/<checkpoint>/ is eval's own: running eval again replaces what it wrote there.
     output_dir = Path(output) if output else loaded.output_dir("eval")
+    figures = [f"{tag.split('/')[-1]}.png" for tag in (CONFUSION_TAG, MISCLASSIFIED_TAG)]  # as ErrorAnalysis names them
+    check_output_folder(output_dir, [EVAL_JSON, *figures], loaded.files_read(datamodule), named=bool(output))
     analysis = ErrorAnalysis()
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -71,7 +79,7 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"figures: {', '.join(result['figures'])}",
-        f"metrics: {Path(result['output_dir']) / 'eval.json'}",
+        f"metrics: {Path(result['output_dir']) / EVAL_JSON}",
         f"view in TensorBoard: tensorboard --logdir {result['output_dir']}",
     ]
     return lines

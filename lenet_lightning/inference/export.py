@@ -4,20 +4,29 @@ Exports the trained LeNet (N x 1 x 28 x 28 images in [0, 1] -> N x 10 logits, an
 then runs the exported file with onnxruntime or ``torch.jit.load`` on test images, comparing its logits
 with PyTorch's. The class names travel inside the file (ONNX metadata ``class_names``, TorchScript extra
 file ``class_names.json``). Torch is imported only once a checkpoint is exported, so ``--help`` stays quick.
+
+The file is written beside its target under a temporary name and renamed into place only once its check
+passed, so a file that failed (or an interrupted export) never sits under the name users load. The default
+target (beside the checkpoint) replaces only an earlier export of this tool, recognised by its class names.
 """
 
 import json
+import math
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from lenet_lightning.config.errors import UserError
+from lenet_lightning.inference.outputs import check_output_file
+from lenet_lightning.reporting.atomic_files import replaced_on_success
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from lenet_lightning.inference.checkpoint import LoadedCheckpoint
+    from lenet_lightning.data.datamodule import MNISTDataModule
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 CHECK_BATCH = 256  # test images compared after export
@@ -26,7 +35,7 @@ EXPORT_EXTRA_HINT = "pip install 'lenet-lightning[export]'"
 
 
 class ExportCheckError(Exception):
-    """The exported model's logits differ from PyTorch's by more than the tolerance."""
+    """The exported model's logits differ from PyTorch's by more than the tolerance, or by NaN."""
 
 
 @dataclass
@@ -45,10 +54,27 @@ class ExportResult:
         ]
 
 
+def missing_onnx(error: ImportError) -> UserError:
+    """The one-line fix for a missing ONNX package, wherever it is first needed."""
+    return UserError(
+        f"ONNX export needs the onnx and onnxscript packages ({error.name} is missing): {EXPORT_EXTRA_HINT}"
+    )
+
+
+def import_onnx() -> ModuleType:
+    """``onnx``, imported only for ONNX exports (an optional extra)."""
+    try:
+        import onnx
+    except ImportError as error:
+        raise missing_onnx(error) from error
+    return onnx
+
+
 def export_onnx(net: "nn.Module", example: "Tensor", path: Path, class_names: list[str]) -> None:
     """ONNX with a dynamic batch dimension, input ``images`` and output ``logits``, in one self-contained file."""
     import torch
 
+    onnx = import_onnx()
     try:
         program = torch.onnx.export(
             net,
@@ -58,14 +84,28 @@ def export_onnx(net: "nn.Module", example: "Tensor", path: Path, class_names: li
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             verbose=False,
         )
-        import onnx
     except ImportError as error:
-        raise UserError(
-            f"ONNX export needs the onnx and onnxscript packages ({error.name} is missing): {EXPORT_EXTRA_HINT}"
-        ) from error
+        raise missing_onnx(error) from error
     model = program.model_proto
     onnx.helper.set_model_props(model, {"class_names": json.dumps(class_names)})
-    onnx.save(model, path)
+    onnx.save(model, path, format="protobuf")  # not guessed from the (temporary) file name
+
+
+def is_earlier_export(path: Path, format: str) -> bool:
+    """Whether ``path`` is a model this tool exported: ONNX with ``class_names`` metadata, TorchScript with the file."""
+    if format == "onnx":
+        from google.protobuf.message import DecodeError  # protobuf comes with onnx
+
+        onnx = import_onnx()
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except (DecodeError, OSError):
+            return False
+        return any(prop.key == "class_names" for prop in model.metadata_props)
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/extra/class_names.json") for name in archive.namelist())
 
 
 def run_onnx(path: Path, images: "Tensor") -> "Tensor":
@@ -99,13 +139,12 @@ def run_torchscript(path: Path, images: "Tensor") -> "Tensor":
         return scripted(images)
 
 
-def check_images(loaded: "LoadedCheckpoint", data_dir: str | None) -> tuple["Tensor", str]:
+def check_images(datamodule: "MNISTDataModule") -> tuple["Tensor", str]:
     """The first test images of the run's data set, or seeded random images when the data is not on disk."""
     import torch
 
     from lenet_lightning.data.datamodule import to_network_input
 
-    datamodule = loaded.datamodule(data_dir)
     if datamodule.missing_files():
         generator = torch.Generator().manual_seed(0)
         return torch.rand(
@@ -114,6 +153,21 @@ def check_images(loaded: "LoadedCheckpoint", data_dir: str | None) -> tuple["Ten
     datamodule.setup()
     images = datamodule.splits["test"][0][:CHECK_BATCH]
     return to_network_input(images), f"{len(images)} {datamodule.dataset_class.__name__} test images"
+
+
+def largest_difference(pairs: list[tuple["Tensor", "Tensor"]]) -> float:
+    """The largest absolute difference over all (actual, expected) pairs; NaN when any value is NaN.
+
+    Taken in one tensor reduction, which propagates NaN: Python's ``max`` would silently drop a NaN.
+    """
+    import torch
+
+    return float(torch.cat([(actual - expected).abs().flatten() for actual, expected in pairs]).max())
+
+
+def within_tolerance(difference: float, tolerance: float) -> bool:
+    """NaN and infinity are never within tolerance (``nan > tolerance`` is False, so that test would pass them)."""
+    return math.isfinite(difference) and difference <= tolerance
 
 
 def export(
@@ -130,25 +184,30 @@ def export(
 
     loaded = load_checkpoint(ckpt_path)
     net = loaded.module.net.eval()
+    datamodule = loaded.datamodule(data_dir)
     path = Path(output) if output else loaded.path.with_suffix(FORMATS[format])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images, checked_on = check_images(loaded, data_dir)
+    check_output_file(
+        path, loaded.files_read(datamodule), named=bool(output), is_own_output=lambda p: is_earlier_export(p, format)
+    )
+    images, checked_on = check_images(datamodule)
     with torch.inference_mode():
         expected = net(images)
-    if format == "onnx":
-        export_onnx(net, images[:2], path, loaded.class_names)
-        # The full check batch and a second size: both differ from the 2-image example used to export.
-        actual = run_onnx(path, images)
-        second = run_onnx(path, images[:SECOND_BATCH])
-        difference = max((actual - expected).abs().max(), (second - expected[:SECOND_BATCH]).abs().max())
-        checked_on += f" and a batch of {SECOND_BATCH}"
-    else:
-        export_torchscript(net, path, loaded.class_names)
-        difference = (run_torchscript(path, images) - expected).abs().max()
-    result = ExportResult(path, format, checked_on, float(difference), tolerance)
-    if result.max_abs_difference > tolerance:
-        raise ExportCheckError(
-            f"the exported {format} model's logits differ from PyTorch's by {result.max_abs_difference:.3g} "
-            f"on {checked_on}, more than the tolerance {tolerance:g}"
-        )
+    with replaced_on_success(path) as staged:
+        if format == "onnx":
+            export_onnx(net, images[:2], staged, loaded.class_names)
+            # The full check batch and a second size: both differ from the 2-image example used to export.
+            pairs = [
+                (run_onnx(staged, images), expected),
+                (run_onnx(staged, images[:SECOND_BATCH]), expected[:SECOND_BATCH]),
+            ]
+            checked_on += f" and a batch of {SECOND_BATCH}"
+        else:
+            export_torchscript(net, staged, loaded.class_names)
+            pairs = [(run_torchscript(staged, images), expected)]
+        result = ExportResult(path, format, checked_on, largest_difference(pairs), tolerance)
+        if not within_tolerance(result.max_abs_difference, tolerance):
+            raise ExportCheckError(
+                f"the exported {format} model's logits differ from PyTorch's by {result.max_abs_difference:.3g} "
+                f"on {checked_on}, more than the tolerance {tolerance:g}; {path} was left as it was"
+            )
     return result

@@ -1,15 +1,19 @@
 """Classify users' pictures with a trained checkpoint.
 
 Classifies your own pictures: each is converted to look like the data set's images (see ``images.py``),
-then classified in batches on the CPU or GPU. Prints one line per picture and optionally writes a CSV.
+then classified in batches on the CPU or GPU. Prints one line per picture and optionally writes a CSV,
+checked before any picture is read: never over a picture, the checkpoint or its run config.
 Torch and Lightning are imported only once there is something to classify, so ``--help`` stays quick.
 """
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from lenet_lightning.config.errors import UserError
+from lenet_lightning.inference.outputs import check_output_file
+from lenet_lightning.reporting.atomic_files import write_text_atomically
 
 TOP_K = 3
 CSV_COLUMNS = ("file", "prediction", "probability", "top3")
@@ -42,8 +46,12 @@ def predict(
     invert: object = "auto",
     batch_size: int = 256,
     accelerator: str = "auto",
+    output: str | None = None,
 ) -> tuple[list[Prediction], list[tuple[Path, str]]]:
-    """Predictions for every readable picture in ``inputs``, and the (file, reason) of those skipped."""
+    """Predictions for every readable picture in ``inputs``, and the (file, reason) of those skipped.
+
+    ``output``, the CSV :func:`write_csv` will write, is checked first, so a bad one costs no work.
+    """
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
@@ -57,9 +65,12 @@ def predict(
     paths = find_images(inputs if inputs is not None else [])
     invert_choice = parse_invert(invert)
     loaded = load_checkpoint(ckpt_path)
+    if output:
+        check_output_file(Path(output), [*loaded.files_read(), *(("the picture", path) for path in paths)], named=True)
     pictures = load_images(paths, STYLES[loaded.dataset_name], invert_choice)
     if not pictures.paths:
-        raise UserError(f"none of the {len(paths)} files could be read as a picture")
+        path, reason = pictures.failures[0]
+        raise UserError(f"none of the {len(paths)} files could be read as a picture ({path}: {reason})")
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False)
     batches = trainer.predict(loaded.module, dataloaders=DataLoader(pictures.images, batch_size=batch_size))
     probabilities = torch.cat(batches).softmax(dim=1)
@@ -73,8 +84,9 @@ def predict(
 
 
 def write_csv(predictions: list[Prediction], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(prediction.row() for prediction in predictions)
+    """The predictions as CSV, replacing ``path`` in one step (never half written)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(prediction.row() for prediction in predictions)
+    write_text_atomically(path, text.getvalue())

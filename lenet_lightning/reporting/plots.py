@@ -28,6 +28,14 @@ def short_label(run: RunRecord, keys: list[str]) -> str:
     return ",".join(f"{key}={_short_value(run.overrides.get(key, ''))}" for key in keys) or run.name
 
 
+def _number(value: str) -> float:
+    """``value`` as a number, NaN when it is not one."""
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
 def _short_value(value: str) -> str:
     try:
         return f"{float(value):.4g}"
@@ -75,13 +83,15 @@ def save_test_acc_curves(runs: list[RunRecord], path: Path) -> Path:
 def save_test_acc_vs_lr(runs: list[RunRecord], path: Path) -> Path:
     """Final test accuracy against lr on a log axis, one line per combination of the other swept keys.
 
-    Diverged runs are drawn as crosses at their final accuracy; failed runs have none and are left out.
+    Diverged runs are drawn as crosses at their final accuracy; failed runs have none and are left out, as
+    are runs whose lr is not a positive number (a damaged record).
     """
     other_keys = [key for key in swept_keys(runs) if key != "lr"]
     series: dict[str, list[tuple[float, RunRecord]]] = defaultdict(list)
     for run in runs:
-        if "lr" in run.overrides and math.isfinite(run.test_acc):
-            series[short_label(run, other_keys) if other_keys else ""].append((float(run.overrides["lr"]), run))
+        lr = _number(run.overrides.get("lr", ""))
+        if 0 < lr < math.inf and math.isfinite(run.test_acc):
+            series[short_label(run, other_keys) if other_keys else ""].append((lr, run))
     figure = Figure(figsize=(6, 4), layout="constrained")
     axes = figure.add_subplot()
     for label, points in sorted(series.items()):

@@ -1,16 +1,17 @@
 """The sweep summary: one table of all runs of a multirun, as CSV, Markdown and on the console, plus plots.
 
 The files are rewritten after every job, not only when the sweep ends: Hydra's basic sweeper re-raises a
-failed job's exception after its batch and then never calls ``on_multirun_end``, so whatever the sweep
-ends with, the summary of the jobs that ran is already on disk. Rows come from the run folders' files
-(``result.json``, overrides, TensorBoard events), so any launcher and any sweeper (Optuna included) work.
+failed job's exception after its batch and then never calls ``on_multirun_end``, and a job stopped by a
+signal ends the sweep without ``on_job_end``, so the summary is also written when the process exits.
+Rows come from the run folders' files (``result.json``, overrides, TensorBoard events), so any launcher
+and any sweeper (Optuna included) work, and a sweep run again into the same folder is summarised as a whole.
 """
 
+import atexit
 import csv
 import logging
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from omegaconf import DictConfig
 from lenet_lightning.reporting.records import RunRecord, read_run
 
 log = logging.getLogger(__name__)
-STATUS_ORDER = {"completed": 0, "diverged": 1}  # anything else ("failed") sorts last
+RESULTS = ("completed", "diverged")  # runs that trained to an end; any other status is a failure of the sweep
+STATUS_ORDER = {status: rank for rank, status in enumerate((*RESULTS, "no_epochs", "interrupted", "failed"))}
 CSV_NAME, MARKDOWN_NAME = "summary.csv", "summary.md"
 REASON_WIDTH = 90  # the Markdown table cuts long failure reasons; summary.csv keeps them whole
 CURVES_PLOT_NAME, LR_PLOT_NAME = "sweep_test_acc.png", "sweep_test_acc_vs_lr.png"
@@ -71,7 +73,8 @@ def markdown_table(runs: list[RunRecord]) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
-        reason = run.reason if len(run.reason) <= REASON_WIDTH else run.reason[: REASON_WIDTH - 1] + "…"
+        reason = " ".join(run.reason.split())  # one table row, whatever the reason holds
+        reason = reason if len(reason) <= REASON_WIDTH else reason[: REASON_WIDTH - 1] + "…"
         status = f"{run.status}: {reason}" if reason else run.status
         best = "—" if run.best_epoch is None else f"{run.best_test_acc:.3f} ({run.best_epoch})"
         cells = [
@@ -106,11 +109,8 @@ class SweepSummary(Callback):
     Exits non-zero at the end of a sweep in which any run failed (diverged runs are results, not failures).
     """
 
-    def __init__(self) -> None:
-        self._started = time.perf_counter()
-
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._started = time.perf_counter()
+        atexit.register(self._write_at_exit, Path(config.hydra.sweep.dir), _excluded_keys(config))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
@@ -122,16 +122,34 @@ class SweepSummary(Callback):
         log.info("[sweep] %d run(s) done, %s; table: %s", len(runs), leader, sweep_dir / MARKDOWN_NAME)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        atexit.unregister(self._write_at_exit)
         sweep_dir = Path(config.hydra.sweep.dir)
         runs = write_summary(sweep_dir, _excluded_keys(config))
         log.info("\nSweep summary, sorted by test acc (%s):\n\n%s", sweep_dir, markdown_table(runs).rstrip())
         plots = CURVES_PLOT_NAME + (f", {LR_PLOT_NAME}" if (sweep_dir / LR_PLOT_NAME).exists() else "")
-        elapsed = time.perf_counter() - self._started
-        log.info("%d runs in %.0f s; saved %s, %s, %s", len(runs), elapsed, CSV_NAME, MARKDOWN_NAME, plots)
+        trained = math.fsum(run.wall_seconds for run in runs if math.isfinite(run.wall_seconds))
+        log.info(
+            "%d runs, %.0f s of training (their own records); saved %s, %s, %s",
+            len(runs),
+            trained,
+            CSV_NAME,
+            MARKDOWN_NAME,
+            plots,
+        )
         log.info("compare them: tensorboard --logdir %s", sweep_dir)
-        failed = [run.name for run in runs if run.status not in STATUS_ORDER]
+        failed = [run.name for run in runs if run.status not in RESULTS]
         if failed:
             sys.exit(f"error: {len(failed)} of {len(runs)} runs failed ({', '.join(failed)}); see their rows above")
+
+    @staticmethod
+    def _write_at_exit(sweep_dir: Path, exclude: frozenset[str]) -> None:
+        """The sweep was stopped (a signal, or a job's exit): summarise the jobs on disk, the stopped one included."""
+        try:
+            write_summary(sweep_dir, exclude)
+        except OSError as error:  # a full disk, most likely: the summary of the last finished job stays
+            log.warning("sweep stopped; its summary could not be updated: %s", error)
+            return
+        log.warning("sweep stopped; summary of its runs so far: %s", sweep_dir / MARKDOWN_NAME)
 
 
 def _excluded_keys(config: DictConfig) -> frozenset[str]:

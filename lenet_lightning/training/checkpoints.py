@@ -4,6 +4,8 @@
   it into place, so a kill during a save leaves the previous ``last.ckpt`` intact.
 - :func:`load_checkpoint_safely` is the one check every checkpoint a user names goes through: it exists,
   it is a Lightning checkpoint, and it loads with ``weights_only=True`` (a pickle payload is refused).
+- :func:`check_checkpoint_fits` refuses, before the run folder is touched, a checkpoint of another data set
+  or model than the config's, and stops a run whose checkpoint already holds every epoch asked for.
 - :func:`checkpoint_to_resume` turns ``ckpt_path`` / ``resume`` into the file to resume from.
 - :class:`LogsFollowCheckpoints` keeps the TensorBoard curves consistent with ``last.ckpt`` across kills.
 - SIGTERM needs no handler of ours: Lightning 2.6 already stops the loops at the next batch and raises
@@ -13,8 +15,8 @@
 import logging
 import os
 import pickle
+import secrets
 import signal
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,16 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
 
+from lenet_lightning.config.command import NothingToDo
 from lenet_lightning.config.errors import UserError
+from lenet_lightning.config.schema import shown
+from lenet_lightning.data.datamodule import DATASETS
 from lenet_lightning.reporting.tensorboard_events import restart_at
+from lenet_lightning.training.run_folder import LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -37,6 +43,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's own save stages the file in the system temp folder and falls back to a non-atomic copy
     when that folder is on another file system (common with a local /tmp and a network output folder).
+    The file gets the permissions any new file gets (the umask's), like the rest of the run folder.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
@@ -44,7 +51,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
         try:
             with os.fdopen(descriptor, "wb") as file:
                 torch.save(checkpoint, file)
@@ -52,7 +60,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(file.fileno())
             os.replace(temporary, target)
         except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
             raise
         directory = os.open(target.parent, os.O_RDONLY)
         try:
@@ -102,6 +110,56 @@ def load_weights_only(path: _PATH, map_location: Any = "cpu") -> Any:
     except Exception as error:  # torch.load raises whatever its parser trips on for a non-checkpoint file
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"checkpoint {file} is not a PyTorch checkpoint (or is damaged): {first_line}") from None
+
+
+def check_checkpoint_fits(path: Path, cfg: DictConfig, named: str) -> None:
+    """Refuse a checkpoint the config cannot continue, in one line; raise :class:`NothingToDo` if it is complete.
+
+    The checkpoint's own hyper-parameters say what it is. A model of another architecture would fail to
+    load with a traceback; one trained on the other data set would train on, on the wrong images (given
+    ``dataset=`` by mistake, or with ``.hydra/overrides.yaml`` lost). ``named`` is the override that named it.
+    """
+    checkpoint = load_checkpoint_safely(path)
+    hyper_parameters = checkpoint.get("hyper_parameters") or {}
+    refuse_other_data(hyper_parameters.get("class_names"), cfg.dataset.name, named)
+    refuse_other_model(hyper_parameters.get("net"), OmegaConf.to_container(cfg.model, resolve=True), named)
+    done, wanted = finished_epochs(checkpoint), int(cfg.trainer.max_epochs)
+    if done >= wanted:
+        progress = f"epoch {done} of {wanted}" if done == wanted else f"{done} epochs, more than the {wanted} asked for"
+        raise NothingToDo(f"{named}: already complete ({progress}); raise epochs= to continue")
+
+
+def finished_epochs(checkpoint: dict[str, Any]) -> int:
+    """Epochs a checkpoint holds: Lightning saves it at the end of an epoch, under that epoch's 0-based index."""
+    return int(checkpoint.get("epoch", -1)) + 1
+
+
+def refuse_other_data(class_names: list[str] | None, dataset: str, named: str) -> None:
+    """One line when a checkpoint's classes are not those of ``dataset``, naming the data set it was trained on."""
+    if class_names is None or list(class_names) == list(DATASETS[dataset].classes):
+        return
+    trained_on = next((name for name, data in DATASETS.items() if list(data.classes) == list(class_names)), None)
+    if trained_on is None:
+        raise UserError(
+            f"{named}: the checkpoint classifies other classes ({', '.join(map(str, class_names[:3]))}, ...) than "
+            f"dataset={dataset}; start from a checkpoint of this data set"
+        )
+    raise UserError(
+        f"{named}: the checkpoint was trained on dataset={trained_on}, not {dataset}; give dataset={trained_on}"
+    )
+
+
+def refuse_other_model(net: dict[str, Any] | None, model: dict[str, Any], named: str) -> None:
+    """One line when a checkpoint's network differs from the config's ``model``, with the overrides that match it."""
+    if not isinstance(net, dict):
+        return
+    differing = sorted(key for key in net.keys() | model.keys() if net.get(key) != model.get(key))
+    if differing:
+        theirs = " ".join(f"model.{key}={shown(net.get(key))}" for key in differing)
+        ours = " ".join(f"model.{key}={shown(model.get(key))}" for key in differing)
+        raise UserError(
+            f"{named}: the checkpoint holds another model ({theirs}) than the config ({ours}); give {theirs}"
+        )
 
 
 def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, output_dir: Path) -> Path | None:
@@ -156,7 +214,7 @@ class LogsFollowCheckpoints(L.Callback):
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.ckpt_path is None:
+        if trainer.ckpt_path is None or not trainer.is_global_zero:  # other processes have no event file
             return
         first_step = trainer.current_epoch + 1  # metrics are logged against the 1-based epoch
         for logger in trainer.loggers:

@@ -3,52 +3,78 @@
 Shared by the command line (``train.py``), the tests and the benchmark, so all three run the same code.
 """
 
-import json
+import errno
+import logging
 import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
+from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.datamodule import MNISTDataModule
 from lenet_lightning.model.classifier import LeNetClassifier
 from lenet_lightning.reporting.console import route_to_logging
+from lenet_lightning.reporting.records import RESULT_FILE, write_result_json
 from lenet_lightning.reporting.tensorboard_events import write_summaries
 from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
 from lenet_lightning.training.checkpoints import checkpoint_to_resume, interruption_of
 from lenet_lightning.training.divergence import TrainingDiverged
 from lenet_lightning.training.launch_guard import refuse_reexecution_in_multirun
-from lenet_lightning.training.run_folder import check_writable
+from lenet_lightning.training.process_faults import process_death_of
+from lenet_lightning.training.run_folder import check_writable, override, train_command
 from lenet_lightning.training.throughput import THROUGHPUT_KEY
 
+log = logging.getLogger(__name__)
 REPORTED_METRICS = ("train/loss", "train/acc", "test/acc")
 HPARAM_SECTIONS = ("dataset", "model", "optimizer", "scheduler", "augment")
+WALL_SECONDS_KEY = "wall_seconds"  # in callback_metrics, where fit() reads it (also after ddp_spawn)
+# The disk of the run folder cannot take more: full, over quota, or remounted read-only.
+OUT_OF_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 @dataclass
 class RunResult:
-    """What a finished run reports: final metrics of the last epoch and throughput."""
+    """What a run reports: final metrics of the last epoch and throughput.
 
-    status: str  # "completed"; other states ("diverged", "failed") are written by the code that detects them
+    ``status`` is ``completed``, ``diverged`` (the training loss became NaN or infinite), ``no_epochs`` (the
+    run ended without training an epoch, e.g. resuming a run that already has all its epochs) or ``failed``;
+    ``reason`` says why when it is not ``completed``. Metrics that were never measured are NaN.
+    """
+
+    status: str
     train_loss: float
     train_acc: float
     test_acc: float
     examples_per_second: float
     device: str
     output_dir: Path
-    reason: str = ""  # why a run did not complete
+    reason: str = ""
+    epochs: int = 0  # epochs the model has trained, earlier sessions of a resumed run included
+    wall_seconds: float = math.nan  # training time, earlier sessions of a resumed run included
 
     def write_json(self, path: Path) -> None:
-        """Save the result as ``result.json`` in the run folder, where sweep summaries and tools read it."""
-        path.write_text(json.dumps({**asdict(self), "output_dir": str(self.output_dir)}, indent=2) + "\n")
+        """Save the result as ``result.json`` in the run folder, where sweep summaries and tools read it.
+
+        Strict JSON (NaN is written as null; the status says why) and atomic (a full disk never leaves it empty).
+        """
+        write_result_json(path, {**asdict(self), "output_dir": str(self.output_dir)})
 
     def summary_lines(self) -> list[str]:
         folder = display_path(self.output_dir)
+        if self.status == "no_epochs":
+            return [self.reason, f"run folder: {folder}"]
         return [
             f"loss {self.train_loss:.3f}, train acc {self.train_acc:.3f}, test acc {self.test_acc:.3f}",
             f"{self.examples_per_second:.1f} examples/sec on {self.device} "
@@ -112,30 +138,118 @@ def write_hparams_session(logger: TensorBoardLogger, params: dict[str, Any]) -> 
 
 
 class RunReport(L.Callback):
-    """The parts of the report made inside the training process(es), on rank 0 only.
+    """The parts of the report made inside the training process(es).
 
-    Registers the HPARAMS session when training starts, so interrupted runs show up too.
+    Registers the HPARAMS session when training starts (rank 0 only), so interrupted runs show up too.
+    Times the run: the seconds of earlier sessions travel in the checkpoint, so a resumed run reports its
+    whole training time, and a run started afresh in an old folder only its own.
     """
 
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params
+        self.earlier_seconds = 0.0
+        self._started: float | None = None
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.earlier_seconds + (time.perf_counter() - self._started if self._started is not None else 0.0)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     write_hparams_session(logger, self.params)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.callback_metrics[WALL_SECONDS_KEY] = torch.tensor(self.wall_seconds, dtype=torch.float64)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.on_fit_end(trainer, pl_module)  # a diverged run reports its time too
+
+    def state_dict(self) -> dict[str, float]:
+        return {WALL_SECONDS_KEY: self.wall_seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.earlier_seconds = float(state_dict.get(WALL_SECONDS_KEY, 0.0))
+
+
+class OutOfDisk(UserError):
+    """The run folder's disk filled up (or became read-only) while training; the last checkpoint is kept."""
+
+
+def disk_error_in(error: BaseException) -> OSError | None:
+    """The out-of-disk ``OSError`` behind ``error`` (raised itself, or the cause of what was raised), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in OUT_OF_DISK:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextmanager
+def threads_quiet_about_the_disk() -> Iterator[None]:
+    """Drop the traceback of a background thread that dies of a full (or read-only) disk.
+
+    TensorBoard's event writer thread keeps its error for the training thread, which raises it at the next
+    write; the thread's own traceback would report the same disk a second time.
+    """
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in OUT_OF_DISK):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+def out_of_disk(error: OSError, output_dir: Path) -> OutOfDisk:
+    """One line naming the problem and the command that continues the run once there is room again."""
+    problem = error.strerror or os.strerror(error.errno or 0)
+    return OutOfDisk(
+        f"{problem} while training in {output_dir}; checkpoints/last.ckpt holds the last finished epoch: free some "
+        f"space (or fix the disk), then continue with {train_command(override('resume', str(output_dir)))}"
+    )
+
+
+def refuse_batch_norm_on_single_examples(cfg: DictConfig) -> None:
+    """Batch norm cannot train on a batch of one example (its variance is undefined): refuse it before any work."""
+    if cfg.model.batch_norm and cfg.dataset.batch_size < 2:
+        raise UserError(
+            f"dataset.batch_size={cfg.dataset.batch_size} cannot train a model with batch norm, which needs at least "
+            "2 examples per batch; use dataset.batch_size=2 or more, or model.batch_norm=false"
+        )
+
+
+def no_epoch_reason(trainer: L.Trainer) -> str:
+    """Why a run that returned normally trained no epoch."""
+    if trainer.current_epoch >= trainer.max_epochs:
+        return (
+            f"no epoch ran: the checkpoint already holds all {trainer.max_epochs} epochs; "
+            "give a larger epochs=... to train on"
+        )
+    return "no epoch ran: no training batches (see trainer.limit_train_batches and dataset.val_size)"
 
 
 def fit(cfg: DictConfig) -> RunResult:
     """Check, seed, build, train with per-epoch test evaluation, and return the final metrics.
 
     Bad input raises :class:`UserError` before any data is read; a diverged run returns status
-    ``diverged``; SIGTERM or Ctrl-C raise :class:`~lenet_lightning.training.checkpoints.TrainingInterrupted`.
+    ``diverged``, a run that trained no epoch ``no_epochs``; SIGTERM or Ctrl-C raise
+    :class:`~lenet_lightning.training.checkpoints.TrainingInterrupted`; a disk that fills up while training
+    raises :class:`OutOfDisk` after recording the run as ``failed`` (when ``result.json`` still fits).
     With several processes the metrics are the synchronised ones of rank 0, also in the process that
     launched them (``ddp_spawn``).
     """
     route_to_logging()  # Lightning's lines and Python warnings through the run's logging config
+    refuse_batch_norm_on_single_examples(cfg)
     output_dir = Path(cfg.output_dir)
     ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), output_dir)
     check_writable(output_dir)
@@ -146,15 +260,42 @@ def fit(cfg: DictConfig) -> RunResult:
     refuse_reexecution_in_multirun(trainer)
     status, reason = "completed", ""
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with threads_quiet_about_the_disk():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except TrainingDiverged as error:
         status, reason = "diverged", str(error)
     except BaseException as error:
-        interruption = interruption_of(error, trainer)
-        if interruption is None:
+        interruption = interruption_of(error, trainer) or process_death_of(error, trainer)
+        if interruption is not None:
+            raise interruption from None
+        disk_error = disk_error_in(error)
+        if disk_error is None:
             raise
-        raise interruption from None
-    metrics = trainer.callback_metrics
+        failure = out_of_disk(disk_error, output_dir)
+        if trainer.is_global_zero:
+            record_failure_if_room(result_of(trainer, "failed", str(failure), output_dir))
+        raise failure from None
+    if status == "completed":
+        status, reason = status_of_finished_fit(trainer)
+    return result_of(trainer, status, reason, output_dir)
+
+
+def status_of_finished_fit(trainer: L.Trainer) -> tuple[str, str]:
+    """``completed``, unless no epoch ran or the last epoch's loss is not finite (with the divergence check off).
+
+    Only a real non-finite training loss is divergence: a run that trained no epoch has no loss at all.
+    """
+    if "train/loss" not in trainer.callback_metrics:
+        return "no_epochs", no_epoch_reason(trainer)
+    loss = float(trainer.callback_metrics["train/loss"])
+    if not math.isfinite(loss):
+        return "diverged", f"the training loss of epoch {trainer.current_epoch} is {loss}; lower the learning rate"
+    return "completed", ""
+
+
+def result_of(trainer: L.Trainer, status: str, reason: str, output_dir: Path) -> RunResult:
+    """The run's result as the Trainer left it; metrics only of runs that trained to an end (completed or diverged)."""
+    metrics = trainer.callback_metrics if status in ("completed", "diverged") else {}
     device = trainer.strategy.root_device
     return RunResult(
         status=status,
@@ -165,4 +306,14 @@ def fit(cfg: DictConfig) -> RunResult:
         device=f"{trainer.world_size} x {device.type}" if trainer.world_size > 1 else str(device),
         output_dir=output_dir,
         reason=reason,
+        epochs=trainer.current_epoch,
+        wall_seconds=float(trainer.callback_metrics.get(WALL_SECONDS_KEY, math.nan)),
     )
+
+
+def record_failure_if_room(result: RunResult) -> None:
+    """Write ``result.json`` of a run whose disk is full when it still fits; never a second error on top."""
+    try:
+        result.write_json(result.output_dir / RESULT_FILE)
+    except OSError as error:
+        log.debug("result.json not written: %s", error)

@@ -1,0 +1,48 @@
+"""One line, not a traceback, when a process of a ``ddp_spawn`` run dies: which one, and how to resume.
+
+With ``trainer=ddp_cpu`` (``ddp_spawn``) the launching process trains nothing: it waits on the training
+processes in torch's ``ProcessContext.join``, which notices one dying at once, stops the others (SIGTERM,
+SIGKILL 30 s later) and raises ``ProcessExitedException`` with the process index, pid and signal. So a
+killed process (SIGKILL, the out-of-memory killer) never leaves such a run hanging, and needs no watchdog
+or shorter process-group timeout; what was missing is the message. :func:`process_death_of` turns the
+exception into :class:`TrainingProcessDied`, an interruption like SIGTERM: ``result.json`` says
+``interrupted``, the message says how to resume from ``checkpoints/last.ckpt``, and the exit status is the
+shell's for that signal (137 for SIGKILL).
+"""
+
+import lightning as L
+from torch.multiprocessing import ProcessExitedException
+
+from lenet_lightning.training.checkpoints import TrainingInterrupted
+
+
+class TrainingProcessDied(TrainingInterrupted):
+    """A training process ended without an error of its own (a signal, or an exit status); the others were stopped."""
+
+    def __init__(self, rank: int, world_size: int, pid: int, exit_code: int, signal_name: str | None) -> None:
+        how = f"was killed by {signal_name}" if exit_code < 0 else f"exited with status {exit_code}"
+        # Not TrainingInterrupted's message, which names a signal this process received.
+        Exception.__init__(self, f"training process {rank} of {world_size} (pid {pid}) {how}")
+        self.signum = max(-exit_code, 0)
+        self.process_exit_code = exit_code  # negative: the signal that ended it, as multiprocessing reports it
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal, as a shell reports a process it ended (137 for SIGKILL); else the process's status."""
+        return 128 + self.signum if self.signum else self.process_exit_code
+
+
+def process_death_of(error: BaseException, trainer: L.Trainer) -> TrainingProcessDied | None:
+    """Recognise how torch reports a ``ddp_spawn`` process that died (``ProcessExitedException``), else ``None``.
+
+    A process that raised an exception is reported by torch as ``ProcessRaisedException``, with its traceback.
+    """
+    if not isinstance(error, ProcessExitedException):
+        return None
+    return TrainingProcessDied(
+        rank=trainer.node_rank * trainer.num_devices + error.error_index,  # torch counts the processes of this node
+        world_size=trainer.world_size,
+        pid=error.error_pid,
+        exit_code=error.exit_code,
+        signal_name=error.signal_name,
+    )
