@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lenet_lightning.data.datamodule import TensorBatches
 
@@ -133,3 +133,26 @@ def run_cli(tiny_data_dir: Path, tmp_path: Path) -> Callable[..., subprocess.Com
         return run_module(module, *args, cwd=tmp_path, data_dir=data_dir, timeout=timeout)
 
     return _run
+
+
+@pytest.fixture(scope="module")
+def tiny_trained_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch run folder on tiny data as training leaves it: checkpoints/last.ckpt and .hydra/config.yaml."""
+    from lenet_lightning.training.run import fit
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    overrides = [
+        f"data_dir={tiny_data_dir}",
+        "epochs=1",
+        "accelerator=cpu",
+        "callbacks.progress_bar.refresh_rate=0",
+        "~callbacks.error_analysis",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.output_dir = str(folder)
+    fit(cfg)
+    (folder / ".hydra").mkdir()
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    return folder

@@ -14,7 +14,7 @@ from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from lenet_lightning.training.process_faults import process_death_of
 from lenet_lightning.training.run import build
-from tests.conftest import cli_env
+from tests.conftest import cli_env, run_module
 
 NO_FIGURES = "~callbacks.error_analysis"  # rendering the figures costs seconds and is not what is tested here
 # Far more epochs than run before the kill (about 0.2 s each on the tiny data), so it lands mid-training.
@@ -99,13 +99,8 @@ def test_a_run_whose_rank_0_was_killed_resumes_from_its_last_checkpoint(tiny_dat
     run = tmp_path / "run"
     kill_a_training_process(0, run, tiny_data_dir, tmp_path)
     saved_epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
-    resumed = subprocess.run(  # one more epoch, with the command the message gives
-        [sys.executable, "-m", "lenet_lightning.train", f"resume={run}", f"epochs={saved_epoch + 2}"],
-        cwd=tmp_path,
-        env=cli_env(tiny_data_dir),
-        capture_output=True,
-        text=True,
-        timeout=180,
+    resumed = run_module(  # one more epoch, with the command the message gives
+        "lenet_lightning.train", f"resume={run}", f"epochs={saved_epoch + 2}", cwd=tmp_path, data_dir=tiny_data_dir
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in resumed.stdout

@@ -8,33 +8,16 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from lenet_lightning.inference.checkpoint import load_checkpoint
 from lenet_lightning.inference.export import export
-from lenet_lightning.training.run import fit
-from tests.conftest import CONFIG_DIR
 
 TOLERANCE = 1e-4  # float32 logits of a 61k-parameter net; observed differences are around 1e-6
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    output_dir = tmp_path_factory.mktemp("export_run")
-    overrides = [
-        f"data_dir={tiny_data_dir}",
-        "epochs=1",
-        "accelerator=cpu",
-        "callbacks.progress_bar.refresh_rate=0",
-        "~callbacks.error_analysis",
-    ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.output_dir = str(output_dir)
-    fit(cfg)
-    return output_dir / "checkpoints" / "last.ckpt"
+def checkpoint(tiny_trained_run: Path) -> Path:
+    return tiny_trained_run / "checkpoints" / "last.ckpt"
 
 
 def pytorch_logits(checkpoint: Path, images: torch.Tensor) -> np.ndarray:

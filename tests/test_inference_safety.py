@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from PIL import Image
 
 from lenet_lightning.config.errors import UserError
@@ -25,8 +24,6 @@ from lenet_lightning.inference.checkpoint import load_checkpoint
 from lenet_lightning.inference.export import ExportCheckError, export, largest_difference, within_tolerance
 from lenet_lightning.inference.outputs import check_output_file, check_output_folder, same_file
 from lenet_lightning.reporting.atomic_files import replaced_on_success
-from lenet_lightning.training.run import fit
-from tests.conftest import CONFIG_DIR
 
 RunCli = Callable[..., subprocess.CompletedProcess]
 SIDE = 4096  # MAX_PIXELS is SIDE x SIDE
@@ -68,24 +65,8 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-epoch run folder as training leaves it: checkpoints/last.ckpt and the composed .hydra/config.yaml."""
-    folder = tmp_path_factory.mktemp("safety_run")
-    overrides = [
-        f"data_dir={tiny_data_dir}",
-        "epochs=1",
-        "accelerator=cpu",
-        "callbacks.progress_bar.refresh_rate=0",
-        "~callbacks.error_analysis",
-    ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.output_dir = str(folder)
-    fit(cfg)
-    (folder / ".hydra").mkdir()
-    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
-    return folder
+def trained_run(tiny_trained_run: Path) -> Path:
+    return tiny_trained_run
 
 
 @pytest.fixture

@@ -418,13 +418,12 @@ def test_folder_names_are_taken_literally_on_the_command_line() -> None:
 def test_the_resume_command_printed_after_sigterm_pastes_back(tmp_path: Path, tiny_data_dir: Path) -> None:
     run = tmp_path / "my runs" / "résumé,lr=0.3"
     args = ("epochs=3", "dataset.batch_size=128", "accelerator=cpu", NO_FIGURES, f"hydra.run.dir={run}")
-    terminated = subprocess.run(
-        [sys.executable, "-m", "lenet_lightning.train", *args, *fault(2, 1, signal.SIGTERM, tmp_path / "fired")],
+    terminated = run_module(
+        "lenet_lightning.train",
+        *args,
+        *fault(2, 1, signal.SIGTERM, tmp_path / "fired"),
         cwd=tmp_path,
-        env=cli_env(tiny_data_dir),
-        capture_output=True,
-        text=True,
-        timeout=300,
+        data_dir=tiny_data_dir,
     )
     assert terminated.returncode == 143, terminated.stderr[-3000:]
     command = terminated.stderr.strip().splitlines()[-1].partition("continue with ")[2]
