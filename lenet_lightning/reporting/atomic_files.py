@@ -5,17 +5,10 @@ file, nor an empty ``result.json``, under the name users and tools look for.
 """
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-
-def current_umask() -> int:
-    """The process's umask; reading it means setting it, so it is set straight back."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 @contextmanager
@@ -23,16 +16,13 @@ def replaced_on_success(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path`` to write; renamed over ``path`` only if the block succeeds, else deleted.
 
     So an interrupted or failed write never leaves half a file, nor a file that failed its check, under the
-    name users look for. The file gets the permissions a plain ``open`` would give it, not ``mkstemp``'s 0600.
+    name users look for. The file is created with the permissions a plain ``open`` gives (the umask's), not
+    ``mkstemp``'s 0600, and without changing the process's umask to read it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    temporary = Path(name)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        try:
-            os.fchmod(descriptor, 0o666 & ~current_umask())
-        finally:
-            os.close(descriptor)
         yield temporary
         os.replace(temporary, path)
     except BaseException:

@@ -15,7 +15,6 @@
 import logging
 import os
 import pickle
-import secrets
 import signal
 import zipfile
 from pathlib import Path
@@ -32,6 +31,7 @@ from lenet_lightning.config.command import NothingToDo
 from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.schema import shown
 from lenet_lightning.data.datamodule import DATASETS
+from lenet_lightning.reporting.atomic_files import replaced_on_success
 from lenet_lightning.reporting.tensorboard_events import restart_at
 from lenet_lightning.training.run_folder import LAST_CHECKPOINT
 
@@ -50,18 +50,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        with replaced_on_success(target) as temporary, temporary.open("wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
         directory = os.open(target.parent, os.O_RDONLY)
         try:
             os.fsync(directory)  # make the rename itself durable
