@@ -2,8 +2,8 @@
 
     python -m benchmarks.throughput --data-dir ../shared/datasets --epochs 5 --rounds 3 --json results.json
 
-- seed:        the original pipeline: torchvision dataset with per-image ToTensor, DataLoader with 4 workers,
-               a plain PyTorch loop.
+- seed:        the original pipeline (``benchmarks/seed_recipe.py``): torchvision dataset with per-image
+               ToTensor, DataLoader with 4 workers, a plain PyTorch loop.
 - floor:       a plain PyTorch loop over in-memory tensors, no framework.
 - floor_tuned: the same loop with the project's CPU settings (``convert_to_fast_cpu_layers`` on the same
                model, freed host memory kept for reuse), so ``project / floor_tuned`` is the cost of the
@@ -29,19 +29,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
-from torch.utils.data import DataLoader
-from torchvision import transforms
 
+from benchmarks.seed_recipe import BATCH_SIZE, run_seed_recipe, train_epochs_plain
 from lenet_lightning.data.datamodule import DATASETS
 from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
@@ -50,7 +46,6 @@ from lenet_lightning.training.run import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "conf"
-LR, BATCH_SIZE = 0.9, 256
 # Sigmoid LeNet leaves its plateau at a moment that shifts with the shuffling: after 5 epochs on MNIST,
 # pipelines seeing the same seed but different batch orders differ by up to about 0.05 in test accuracy.
 ACCURACY_TOLERANCE = 0.1
@@ -63,62 +58,9 @@ class Measurement:
     test_acc: float
 
 
-def train_epochs_plain(
-    model: torch.nn.Module,
-    train_batches: Callable[[], object],
-    test_batches: Callable[[], object],
-    epochs: int,
-    device: torch.device,
-) -> tuple[float, int, float]:
-    """The recipe's plain loop (SGD, summed loss and correct counts); returns (seconds, examples, test acc).
-
-    Batches are moved to ``device`` as they come (a no-op for batches already there).
-    """
-    model = model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    seconds, examples, test_acc = 0.0, 0, 0.0
-    for _ in range(epochs):
-        start = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        for images, labels in train_batches():
-            images, labels = images.to(device), labels.to(device)
-            optimizer.zero_grad()
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                loss_sum += loss.detach() * len(labels)
-                correct += (logits.argmax(1) == labels).sum()
-            examples += len(labels)
-        model.eval()
-        hits, total = 0, 0
-        with torch.no_grad():
-            for images, labels in test_batches():
-                images, labels = images.to(device), labels.to(device)
-                hits += int((model(images).argmax(1) == labels).sum())
-                total += len(labels)
-        test_acc = hits / total
-        seconds += time.perf_counter() - start
-    return seconds, examples, test_acc
-
-
 def run_seed(data_dir: Path, dataset: str, epochs: int, seed: int, accelerator: str = "cpu") -> Measurement:
-    torch.manual_seed(seed)
-    dataset_class = DATASETS[dataset]
-    to_tensor = transforms.ToTensor()
-    train = dataset_class(str(data_dir), train=True, transform=to_tensor)
-    test = dataset_class(str(data_dir), train=False, transform=to_tensor)
-    with warnings.catch_warnings():  # 4 workers on fewer cores is the recipe's setting, warned about by torch
-        warnings.filterwarnings("ignore", message="This DataLoader will create 4 worker processes")
-        train_loader = DataLoader(train, batch_size=BATCH_SIZE, shuffle=True, num_workers=4)
-        test_loader = DataLoader(test, batch_size=BATCH_SIZE, shuffle=False, num_workers=4)
-        seconds, examples, test_acc = train_epochs_plain(
-            LeNet(), lambda: train_loader, lambda: test_loader, epochs, torch_device(accelerator)
-        )
-    return Measurement("seed", examples / seconds, test_acc)
+    run = run_seed_recipe(data_dir, dataset, epochs, seed, torch_device(accelerator))
+    return Measurement("seed", run.examples / run.seconds, run.test_acc)
 
 
 def run_floor(
@@ -143,8 +85,8 @@ def run_floor(
     def test_batches():
         return zip(test_images.split(BATCH_SIZE), test_labels.split(BATCH_SIZE), strict=True)
 
-    seconds, examples, test_acc = train_epochs_plain(model, train_batches, test_batches, epochs, device)
-    return Measurement("floor_tuned" if tuned else "floor", examples / seconds, test_acc)
+    run = train_epochs_plain(model, train_batches, test_batches, epochs, device)
+    return Measurement("floor_tuned" if tuned else "floor", run.examples / run.seconds, run.test_acc)
 
 
 def run_floor_tuned(data_dir: Path, dataset: str, epochs: int, seed: int, accelerator: str = "cpu") -> Measurement:

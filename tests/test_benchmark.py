@@ -7,7 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import benchmarks.seed_recipe
 import benchmarks.throughput
+from benchmarks.seed_recipe import PlainRun
 from benchmarks.throughput import PIPELINES, accuracy_comparable, benchmark, format_table, run_project, summarize
 from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
@@ -30,9 +32,13 @@ def test_plain_loops_train_the_projects_lenet_stock_or_converted(
 ) -> None:
     """seed and floor train the stock network, floor_tuned the one training swaps in; all from the same weights."""
     trained = []
-    monkeypatch.setattr(
-        benchmarks.throughput, "train_epochs_plain", lambda model, *_: trained.append(model) or (1.0, 1, 0.5)
-    )
+
+    def record_model(model: torch.nn.Module, *_) -> PlainRun:
+        trained.append(model)
+        return PlainRun(1.0, 1, 0.5)
+
+    for module in (benchmarks.seed_recipe, benchmarks.throughput):
+        monkeypatch.setattr(module, "train_epochs_plain", record_model)
     PIPELINES[name](tiny_data_dir, "mnist", 1, 0)
     torch.manual_seed(0)
     expected = LeNet()
