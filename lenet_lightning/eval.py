@@ -25,7 +25,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     """Evaluate one checkpoint and return its test accuracy."""
     try:
         check_sweep_job(cfg)
-        result = evaluate(cfg.ckpt_path, data_dir=cfg.data_dir, output=cfg.output, accelerator=cfg.accelerator)
+        result = evaluate(
+            cfg.ckpt_path,
+            data_dir=cfg.data_dir,
+            output=cfg.output,
+            accelerator=cfg.accelerator,
+            pr_curves=cfg.pr_curves,
+            projector_images=cfg.projector_images,
+        )
     except UserError as error:
         exit_bad_input(error)
     write_text_atomically(Path(result["output_dir"]) / EVAL_JSON, json.dumps(result, indent=2) + "\n")

@@ -62,3 +62,6 @@ def test_full_test_set_confusion_matrix_sums_to_10000(trained_run: Path, tmp_pat
     logged = images_in(tmp_path)
     assert logged[CONFUSION_TAG][0].encoded_image_string.startswith(PNG_MAGIC)
     assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "misclassified.png").is_file()
+    # The projector's default sample: 2,000 of the 10,000 test images, one line each after the header.
+    metadata = (Path(result["projector"]) / "metadata.tsv").read_text().splitlines()
+    assert len(metadata) == 2_001 and len({line.split("\t")[0] for line in metadata[1:]}) == 2_000

@@ -51,9 +51,12 @@ def test_eval_cli_reproduces_the_runs_test_accuracy_with_a_per_class_table(run_d
     assert sum(row["total"] for row in report["per_class"]) == TINY_TEST
     assert f"test acc {report['test_acc']:.4f} on {TINY_TEST} test images" in done.stdout
     for row in report["per_class"]:
-        line = rf"^{re.escape(row['class'])} +{row['correct']} +{row['total']} +{row['accuracy']:.4f}$"
+        numbers = f"{row['correct']} +{row['total']} +{row['accuracy']:.4f} +{row['average_precision']:.4f}"
+        line = rf"^{re.escape(row['class'])} +{numbers}$"
         assert re.search(line, done.stdout, re.M), line
     assert "0 - zero" in done.stdout and "9 - nine" in done.stdout
+    assert f"projector: {run_dir / 'eval' / 'last' / '00000' / 'test_features'}" in done.stdout
+    assert report["projector"] and (run_dir / "eval" / "last" / "projector_config.pbtxt").is_file()
 
 
 @pytest.mark.slow

@@ -227,10 +227,19 @@ class DivergenceKeys:
 
 
 @dataclass
+class ErrorAnalysisKeys:
+    """``callbacks.error_analysis``: :class:`lenet_lightning.reporting.error_analysis.ErrorAnalysis`."""
+
+    pr_curves: bool = MISSING
+    projector_images: int = field(default=MISSING, metadata=rule(ge=0))
+
+
+@dataclass
 class CallbacksKeys:
     """``conf/callbacks/``: one entry per Lightning callback."""
 
     divergence: DivergenceKeys = MISSING
+    error_analysis: ErrorAnalysisKeys = MISSING
 
 
 @dataclass
@@ -266,6 +275,8 @@ class EvalConfig:
     data_dir: str | None = MISSING
     output: str | None = MISSING
     accelerator: str = field(default=MISSING, metadata=rule(choices=ACCELERATORS, problem=no_gpu))
+    pr_curves: bool = MISSING
+    projector_images: int = field(default=MISSING, metadata=rule(ge=0))
 
 
 @dataclass

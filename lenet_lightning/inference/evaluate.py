@@ -1,10 +1,11 @@
 """Evaluate a checkpoint on the official test set with the training metrics.
 
 Evaluates a checkpoint on the official test set with the same metrics as training (so its test acc is
-the run's final test acc), prints a per-class accuracy table, writes ``eval.json`` and draws the
-confusion matrix and the most confident mistakes. Torch and Lightning are imported only once a
-checkpoint is evaluated, so ``--help`` stays quick. The output folder is checked before the test set is
-read: it must be writable, and none of the files written there may be one that eval reads.
+the run's final test acc), prints a per-class table (accuracy and average precision), writes ``eval.json``
+and draws the confusion matrix and the most confident mistakes; its TensorBoard events hold those, a
+precision-recall curve per class and the projector's sample of features. Torch and Lightning are imported
+only once a checkpoint is evaluated, so ``--help`` stays quick. The output folder is checked before the test
+set is read: it must be writable, and none of the files written there may be one that eval reads.
 """
 
 from pathlib import Path
@@ -13,18 +14,29 @@ from typing import Any
 from lenet_lightning.inference.outputs import check_output_folder
 
 EVAL_JSON = "eval.json"
+EVAL_STEP = 0  # eval's Trainer starts at epoch 0, the step its figures, curves and projector are logged at
 
 
 def evaluate(
-    ckpt_path: str | None, data_dir: str | None = None, output: str | None = None, accelerator: str = "auto"
+    ckpt_path: str | None,
+    data_dir: str | None = None,
+    output: str | None = None,
+    accelerator: str = "auto",
+    pr_curves: bool = True,
+    projector_images: int = 2000,
 ) -> dict[str, Any]:
-    """Test loss and acc, per-class accuracy and confusion matrix of a checkpoint; figures and events in ``output``."""
+    """Test loss and acc, per-class accuracy and AP, confusion matrix of a checkpoint; figures and events in ``output``.
+
+    ``pr_curves`` and ``projector_images`` (0: none) say what goes to TensorBoard besides the figures.
+    """
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from lenet_lightning.inference.checkpoint import load_checkpoint
     from lenet_lightning.reporting.console import route_to_logging
     from lenet_lightning.reporting.error_analysis import CONFUSION_TAG, MISCLASSIFIED_TAG, ErrorAnalysis
+    from lenet_lightning.reporting.pr_curves import average_precision
+    from lenet_lightning.reporting.projector import projector_files
 
     route_to_logging()  # Lightning's device lines to the log config, not as "INFO: ..." on stderr
 
@@ -33,8 +45,9 @@ def evaluate(
     # The default folder <run>/eval/<checkpoint>/ is eval's own: running eval again replaces what it wrote there.
     output_dir = Path(output) if output else loaded.output_dir("eval")
     figures = [f"{tag.split('/')[-1]}.png" for tag in (CONFUSION_TAG, MISCLASSIFIED_TAG)]  # as ErrorAnalysis names them
-    check_output_folder(output_dir, [EVAL_JSON, *figures], loaded.files_read(datamodule), named=bool(output))
-    analysis = ErrorAnalysis()
+    written = [EVAL_JSON, *figures, *(projector_files(EVAL_STEP) if projector_images else [])]
+    check_output_folder(output_dir, written, loaded.files_read(datamodule), named=bool(output))
+    analysis = ErrorAnalysis(pr_curves=pr_curves, projector_images=projector_images)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -46,6 +59,7 @@ def evaluate(
     metrics = trainer.test(loaded.module, datamodule=datamodule, verbose=False)[0]
     confusion = analysis.confusion
     correct, totals = confusion.diag(), confusion.sum(dim=1)
+    precisions = average_precision(analysis.predictions)
     return {
         "checkpoint": str(loaded.path),
         "dataset": datamodule.name,
@@ -53,11 +67,18 @@ def evaluate(
         "test_loss": metrics["test/loss"],
         "test_acc": metrics["test/acc"],
         "per_class": [
-            {"class": name, "correct": int(right), "total": int(total), "accuracy": float(right / total)}
-            for name, right, total in zip(datamodule.classes, correct, totals, strict=True)
+            {
+                "class": name,
+                "correct": int(right),
+                "total": int(total),
+                "accuracy": float(right / total),
+                "average_precision": float(precision),
+            }
+            for name, right, total, precision in zip(datamodule.classes, correct, totals, precisions, strict=True)
         ],
         "confusion_matrix": confusion.tolist(),
         "figures": [str(path) for path in analysis.saved],
+        "projector": str(analysis.projector) if analysis.projector else None,
         "output_dir": str(output_dir),
     }
 
@@ -70,15 +91,17 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         f"test loss {result['test_loss']:.4f}, test acc {result['test_acc']:.4f} "
         f"on {result['test_examples']} test images",
         "",
-        f"{'class':<{width}}  correct  total  accuracy",
+        f"{'class':<{width}}  correct  total  accuracy  avg precision",
     ]
     lines += [
-        f"{row['class']:<{width}}  {row['correct']:>7}  {row['total']:>5}  {row['accuracy']:>8.4f}"
+        f"{row['class']:<{width}}  {row['correct']:>7}  {row['total']:>5}  {row['accuracy']:>8.4f}  "
+        f"{row['average_precision']:>13.4f}"
         for row in result["per_class"]
     ]
     lines += [
         "",
         f"figures: {', '.join(result['figures'])}",
+        *([f"projector: {result['projector']}"] if result["projector"] else []),
         f"metrics: {Path(result['output_dir']) / EVAL_JSON}",
         f"view in TensorBoard: tensorboard --logdir {result['output_dir']}",
     ]

@@ -81,11 +81,20 @@ def check_output_file(
 
 
 def check_output_folder(folder: Path, names: Iterable[str], files_read: FilesRead, named: bool) -> None:
-    """Refuse, before any work, an output folder that is a file, would replace an input, or is unwritable."""
+    """Refuse, before any work, an output folder that is a file, would replace an input, or is unwritable.
+
+    ``names`` are the files the command writes there, relative to ``folder`` (some in sub-folders of their own).
+    """
     where = described(folder, named)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{where} is a file, but this command writes a folder of results; pass output=<folder>")
     files_read = list(files_read)
     for name in names:
-        refuse_inputs(folder / name, files_read, f"{where} (its {name})")
+        path = folder / name
+        refuse_inputs(path, files_read, f"{where} (its {name})")
+        blocking = next((folder / part for part in Path(name).parents if (folder / part).is_file()), None)
+        if blocking is not None:
+            raise UserError(f"{where}: its {name} cannot be written, {blocking} is a file; pass another output=")
+        if path.is_dir():
+            raise UserError(f"{where}: its {name} cannot be written, it is a folder; pass another output=")
     check_writable(folder, where)

@@ -62,6 +62,14 @@ class LeNetClassifier(L.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The penultimate features (what the last layer reads: 84 numbers per image) and the logits, in one pass.
+
+        Runs LeNet's layers one by one, uncompiled, so the features are there with any ``compile`` setting.
+        """
+        features = self.net.classifier[:-1](self.net.features(images))
+        return features, self.net.classifier[-1](features)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         if self.hparams.augment:
@@ -80,13 +88,14 @@ class LeNetClassifier(L.LightningModule):
         self.log("train/acc", self.train_acc)
         self.log("step", float(self.current_epoch + 1))
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Loader 0 is the official test set; loader 1, when present, the validation split."""
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> Tensor | None:
+        """Loader 0 is the official test set (its logits are returned, as :meth:`test_step` does); loader 1, when
+        present, the validation split."""
         if dataloader_idx == 0:
-            self.test_step(batch, batch_idx)
-            return
+            return self.test_step(batch, batch_idx)
         images, labels = batch
         self.val_acc.update(self.net(images), labels)
+        return None
 
     def on_validation_epoch_end(self) -> None:
         if self.val_acc.update_count:
@@ -95,11 +104,13 @@ class LeNetClassifier(L.LightningModule):
         self.log("test/acc", self.test_acc, add_dataloader_idx=False)
         self.log("step", float(self.current_epoch + 1), add_dataloader_idx=False)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Returns the logits: callbacks read them in their batch-end hooks instead of running the net again."""
         images, labels = batch
         logits = self.net(images)
         self.test_loss.update(F.cross_entropy(logits, labels, reduction="none"))
         self.test_acc.update(logits, labels)
+        return logits
 
     def on_test_epoch_end(self) -> None:
         self.log("test/loss", self.test_loss)

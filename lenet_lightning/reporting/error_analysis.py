@@ -1,16 +1,16 @@
-"""What the model gets wrong: a confusion matrix and the test images it misclassifies most confidently.
+"""What the model gets right and wrong on the test set, from one pass over it at the end of a run.
 
-Both are drawn with matplotlib's object-oriented API (no pyplot, so no display is needed and no figure
-stays open), logged to TensorBoard as images and saved as PNGs in the run folder.
+The confusion matrix and the test images it misclassifies most confidently are drawn with matplotlib's
+object-oriented API (no pyplot, so no display is needed and no figure stays open), logged to TensorBoard as
+images and saved as PNGs in the run folder. The same pass feeds a precision-recall curve per class
+(``reporting/pr_curves.py``) and the projector's sample of features (``reporting/projector.py``).
 """
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -19,39 +19,15 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
-from lenet_lightning.data.datamodule import MNISTDataModule, TensorBatches
+from lenet_lightning.data.datamodule import MNISTDataModule
+from lenet_lightning.reporting.pr_curves import write_pr_curves
+from lenet_lightning.reporting.predictions import TestPredictions, predict_test_set
+from lenet_lightning.reporting.projector import write_projector
 
 CONFUSION_TAG = "test/confusion_matrix"
 MISCLASSIFIED_TAG = "test/misclassified"
 GRID_COLUMNS = 8
 GRID_PADDING = 18  # pixels between grid images, room for their two-line labels
-
-
-@dataclass
-class TestPredictions:
-    """The model's view of the whole test set: labels, predicted classes and their probabilities."""
-
-    labels: Tensor
-    predicted: Tensor
-    confidence: Tensor
-
-    def most_confident_mistakes(self, count: int) -> Tensor:
-        """Indices of misclassified examples, the most confidently wrong first."""
-        wrong = (self.predicted != self.labels).nonzero().squeeze(1)
-        return wrong[self.confidence[wrong].argsort(descending=True)[:count]]
-
-
-@torch.inference_mode()
-def predict_test_set(module: L.LightningModule, datamodule: MNISTDataModule) -> TestPredictions:
-    """One pass over the whole official test set (never sharded, so the counts cover all of it)."""
-    images, labels = datamodule.splits["test"]
-    was_training = module.training
-    module.eval()
-    batches = TensorBatches(images, labels, datamodule.eval_batch_size)
-    probabilities = torch.cat([module(batch.to(module.device)).softmax(dim=1) for batch, _ in batches])
-    module.train(was_training)
-    confidence, predicted = probabilities.max(dim=1)
-    return TestPredictions(labels=labels.to(predicted.device), predicted=predicted, confidence=confidence)
 
 
 def confusion_matrix(predictions: TestPredictions, num_classes: int) -> Tensor:
@@ -104,16 +80,22 @@ def render(figure: Figure) -> np.ndarray:
 
 
 class ErrorAnalysis(L.Callback):
-    """After training (and after ``trainer.test``): confusion matrix and most confident mistakes.
+    """After training (and after ``trainer.test``): what the model gets right and wrong on the whole test set.
 
     Logged to TensorBoard as ``test/confusion_matrix`` and ``test/misclassified`` and saved as
-    ``confusion_matrix.png`` and ``misclassified.png`` in the trainer's log folder (the run folder).
+    ``confusion_matrix.png`` and ``misclassified.png`` in the trainer's log folder (the run folder). With
+    ``pr_curves``, a precision-recall curve per class (``test/pr_curve/<class>``); with ``projector_images``
+    above 0, that many test images' features for the projector. All at the last epoch's step, by rank 0 alone.
     """
 
-    def __init__(self, num_examples: int = 32) -> None:
+    def __init__(self, num_examples: int = 32, pr_curves: bool = True, projector_images: int = 2000) -> None:
         self.num_examples = num_examples
+        self.pr_curves = pr_curves
+        self.projector_images = projector_images
+        self.predictions: TestPredictions | None = None
         self.confusion: Tensor | None = None
         self.saved: list[Path] = []
+        self.projector: Path | None = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.analyse(trainer, pl_module)
@@ -127,23 +109,30 @@ class ErrorAnalysis(L.Callback):
             return
         datamodule: MNISTDataModule = trainer.datamodule
         class_names = datamodule.classes
-        predictions = predict_test_set(pl_module, datamodule)
+        images = datamodule.splits["test"][0]
+        predictions = self.predictions = predict_test_set(pl_module, datamodule)
         self.confusion = confusion_matrix(predictions, len(class_names))
         accuracy = float(self.confusion.diag().sum() / self.confusion.sum())
         title = f"{datamodule.dataset_class.__name__} test set: accuracy {accuracy:.4f}"
         mistakes = predictions.most_confident_mistakes(self.num_examples)
         figures = {CONFUSION_TAG: confusion_figure(self.confusion, class_names, title)}
         if len(mistakes):  # a perfect score leaves no mistakes to show
-            images = datamodule.splits["test"][0]
             figures[MISCLASSIFIED_TAG] = mistakes_figure(images, mistakes, predictions, class_names)
         folder.mkdir(parents=True, exist_ok=True)
-        self.saved = []
+        self.saved, self.projector = [], None
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
         for tag, figure in figures.items():
             pixels = render(figure)
             path = folder / f"{tag.split('/')[-1]}.png"
             Image.fromarray(pixels).save(path)
             self.saved.append(path)
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_image(tag, pixels, global_step=trainer.current_epoch, dataformats="HWC")
-                    logger.experiment.flush()
+            for logger in loggers:
+                logger.experiment.add_image(tag, pixels, global_step=trainer.current_epoch, dataformats="HWC")
+        for logger in loggers:
+            if self.pr_curves:
+                write_pr_curves(logger.experiment, predictions, class_names, trainer.current_epoch)
+            if self.projector_images:
+                self.projector = write_projector(
+                    logger, predictions, images, class_names, trainer.current_epoch, self.projector_images
+                )
+            logger.experiment.flush()

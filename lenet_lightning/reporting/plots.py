@@ -13,7 +13,9 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from lenet_lightning.reporting.records import RunRecord, read_curves
 
-RUN_CURVES = (("train/loss", "train loss", "-"), ("train/acc", "train acc", "--"), ("test/acc", "test acc", "-."))
+LOSS_TAG = "train/loss"
+RUN_CURVES = ((LOSS_TAG, "train loss", "-"), ("train/acc", "train acc", "--"), ("test/acc", "test acc", "-."))
+LOSS_TOP = 2.35  # just above ln 10 = 2.303, the loss of a uniform guess over 10 classes, where the recipe starts
 MAX_LABELLED_LRS = 10  # up to this many distinct lr values get a tick each; more get the usual log ticks
 
 
@@ -44,20 +46,38 @@ def _short_value(value: str) -> str:
 
 
 def save_run_curves(run_dir: Path, path: Path | None = None) -> Path:
-    """Train loss, train acc and test acc against epoch on one figure, like the recipe's plot."""
+    """Save :func:`run_curves_figure` as ``curves.png`` in the run folder (or at ``path``)."""
+    path = path or run_dir / "curves.png"
+    run_curves_figure(run_dir).savefig(path, dpi=100)
+    return path
+
+
+def run_curves_figure(run_dir: Path) -> Figure:
+    """Train loss, train acc and test acc against epoch, like the recipe's plot, each on its own labelled scale.
+
+    The loss (left axis, from 0 to at least ln 10, the loss of a 10-class guess) and the accuracies (right axis,
+    0 to 1) share the epochs; one legend names all three lines.
+    """
     curves, _ = read_curves(run_dir)
-    figure = Figure(figsize=(5, 3.5), layout="constrained")
-    axes = figure.add_subplot()
+    figure = Figure(figsize=(5.5, 3.5), layout="constrained")
+    loss_axes = figure.add_subplot()
+    acc_axes = loss_axes.twinx()
     for tag, label, style in RUN_CURVES:
         points = sorted(curves.get(tag, {}).items())
-        axes.plot([epoch for epoch, _ in points], [value for _, value in points], style, label=label)
-    axes.set_xlabel("epoch")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.grid(alpha=0.3)
-    axes.legend()
-    path = path or run_dir / "curves.png"
-    figure.savefig(path, dpi=100)
-    return path
+        axes = loss_axes if tag == LOSS_TAG else acc_axes
+        color = f"C{len(loss_axes.lines) + len(acc_axes.lines)}"  # one colour cycle across both axes
+        axes.plot([epoch for epoch, _ in points], [value for _, value in points], style, color=color, label=label)
+    losses = [value for value in curves.get(LOSS_TAG, {}).values() if math.isfinite(value)]
+    loss_axes.set_ylim(0, max([LOSS_TOP, *(loss * 1.05 for loss in losses)]))
+    loss_axes.set_ylabel("cross-entropy loss")
+    acc_axes.set_ylim(0, 1)
+    acc_axes.set_ylabel("accuracy")
+    loss_axes.set_xlabel("epoch")
+    loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    loss_axes.grid(alpha=0.3)
+    lines = loss_axes.lines + acc_axes.lines
+    figure.legend(lines, [line.get_label() for line in lines], loc="outside upper center", ncols=len(lines))
+    return figure
 
 
 def save_test_acc_curves(runs: list[RunRecord], path: Path) -> Path:

@@ -2,7 +2,8 @@
 
 The HPARAMS session and the "session start" marker that makes TensorBoard drop steps logged past a resumed
 checkpoint are records SummaryWriter writes only through its file writer, which it keeps private; this is the
-one place that reaches for it (the same call ``SummaryWriter(purge_step=...)`` makes).
+one place that reaches for it (the same call ``SummaryWriter(purge_step=...)`` makes), and for the list of
+embeddings it keeps for the projector's config.
 """
 
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -21,3 +22,12 @@ def write_summaries(logger: TensorBoardLogger, summaries: list[Summary]) -> None
 def restart_at(logger: TensorBoardLogger, step: int) -> None:
     """Mark a restart at ``step``: TensorBoard discards what the file holds from that step on."""
     logger.experiment._get_file_writer().add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+
+
+def forget_embeddings(logger: TensorBoardLogger) -> None:
+    """Make the next ``add_embedding`` write a projector config that names only its own embedding.
+
+    SummaryWriter remembers every embedding it wrote and rewrites ``projector_config.pbtxt`` with all of them.
+    """
+    if hasattr(logger.experiment, "_projector_config"):
+        del logger.experiment._projector_config
