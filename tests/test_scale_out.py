@@ -170,7 +170,7 @@ def test_two_nodes_on_one_machine_train_as_one_process_with_their_global_batch(
     # In float64, so the comparison can be tight: in float32 the other order of the sums differs by 1e-7 after
     # one epoch, and by 5e-4 after two at this learning rate.
     recipe = ("accelerator=cpu", "trainer.precision=64-true", "epochs=2", "model.activation=relu", "lr=0.1")
-    recipe += ("~callbacks.error_analysis",)  # its figures are not compared, and it runs in float32 only
+    recipe += ("~callbacks.error_analysis",)  # its figures are not compared
     command = [sys.executable, "-m", "lenet_lightning.train", "trainer=ddp_multinode", "trainer.num_nodes=2"]
     command += ["trainer.devices=1", "dataset.batch_size=32", *recipe, f"hydra.run.dir={run}"]
     rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}

@@ -287,7 +287,7 @@ def test_off_switches_and_the_same_sample_whatever_the_seed(
         tmp_path / "other",
         "epochs=1",
         "seed=1",
-        "~callbacks.per_class_accuracy",
+        "callbacks.per_class_accuracy=null",
         "callbacks.error_analysis.pr_curves=false",
     )
     assert not any(tag.startswith(PER_CLASS_TAG) for tag in scalars(other)) and "test/acc" in scalars(other)

@@ -111,7 +111,8 @@ def build(
     )
     if cfg.fast_cpu_layers:  # faster CPU training kernels; GPUs, compilers and exporters see the stock ones
         convert_to_fast_cpu_layers(module.net)
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    # callbacks.<name>=null turns that callback off, as ~callbacks.<name> does.
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
     callbacks.append(RunReport(hparams_of(cfg)))
     logger = instantiate(cfg.logger)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
