@@ -5,11 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 import benchmarks.time_to_accuracy
-from benchmarks.seed_recipe import run_seed_recipe
 from benchmarks.time_to_accuracy import GOALS, Run, benchmark, format_table, summarize, verdict
 from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.training.run import fit
@@ -41,22 +39,6 @@ def test_speedrun_is_a_small_lenet_on_a_fixed_schedule_that_never_watches_the_te
     callbacks = OmegaConf.to_container(cfg.callbacks, resolve=False)
     assert monitored_keys(callbacks) == []  # no early stopping or best-checkpoint choice by a test metric
     assert not any("EarlyStopping" in str(callback.get("_target_")) for callback in callbacks.values())
-
-
-@pytest.mark.parametrize("dataset", sorted(SPEEDRUNS))
-def test_speedrun_trains_on_tiny_data(make_config, dataset: str) -> None:
-    # Batches of 64: the tiny set's 8 steps per epoch leave one-cycle a warm-up of more than one step.
-    cfg = make_config(f"experiment={SPEEDRUNS[dataset]}", "accelerator=cpu", "dataset.batch_size=64")
-    result = fit(cfg)
-    assert result.status == "completed"
-    correct = result.test_acc * TINY_TEST
-    assert correct == pytest.approx(round(correct)) and result.test_acc > 0.5  # the tiny classes are easy
-
-
-def test_seed_recipe_trains_and_counts_every_example(tiny_data_dir: Path) -> None:
-    run = run_seed_recipe(tiny_data_dir, "mnist", epochs=2, seed=0, device=torch.device("cpu"))
-    assert run.examples == 2 * 512 and run.seconds > 0
-    assert run.test_acc * TINY_TEST == pytest.approx(round(run.test_acc * TINY_TEST))
 
 
 def runs_of(command: str, dataset: str, accuracies: list[float], wall: float, train: float = 1.0) -> list[Run]:

@@ -145,7 +145,8 @@ def test_augmentation_reaches_training_batches_only(augment: str, make_config: C
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_runs_one_epoch(name: str, make_config: Callable) -> None:
-    cfg = make_config(f"experiment={name}", "epochs=1", "accelerator=cpu")
+    # No end-of-run figures: they are tested on their own, and drawing them would double this test's time.
+    cfg = make_config(f"experiment={name}", "epochs=1", "accelerator=cpu", "callbacks.error_analysis=null")
     recipe = OmegaConf.load(CONF / "experiment" / f"{name}.yaml")
     for override in recipe.defaults:
         group, option = next(iter(override.items()))
