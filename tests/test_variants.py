@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.augment import shift_and_flip
 from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.training.run import build, fit
@@ -86,6 +87,14 @@ def test_scheduler_shapes_the_learning_rate_over_the_run(name: str, make_config:
         assert set(recorder.lrs) == {0.2}
     else:
         assert recorder.lrs[-1] < 0.01, "annealed to almost zero by the last step"
+
+
+def test_one_cycle_with_a_one_step_warm_up_is_refused_in_one_line(make_config: Callable) -> None:
+    """Torch's OneCycleLR divides by zero when pct_start x steps is exactly 1: here 0.25 x 4 steps (2 per epoch)."""
+    cfg = make_config("scheduler=onecycle", "epochs=2", "accelerator=cpu")
+    with pytest.raises(UserError, match=r"exactly one of this run's 4 optimizer steps \(scheduler.pct_start=0.25\)"):
+        fit(cfg)
+    assert fit(make_config("scheduler=onecycle", "epochs=3", "accelerator=cpu")).status == "completed"
 
 
 @pytest.mark.parametrize("max_shift,hflip", [(2, False), (2, True), (0, True)])

@@ -9,6 +9,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.augment import shift_and_flip
 from lenet_lightning.model.lenet import LeNet
 
@@ -123,6 +124,13 @@ class LeNetClassifier(L.LightningModule):
         if name == "none":
             return optimizer
         scheduler_class, length_argument = SCHEDULERS[name]
-        schedule[length_argument] = int(self.trainer.estimated_stepping_batches)
+        steps = int(self.trainer.estimated_stepping_batches)
+        if name == "onecycle" and float(schedule["pct_start"] * steps) - 1 == 0:  # OneCycleLR would divide by it
+            raise UserError(
+                f"scheduler=onecycle cannot warm up over exactly one of this run's {steps} optimizer steps "
+                f"(scheduler.pct_start={schedule['pct_start']}); "
+                "change scheduler.pct_start, epochs or dataset.batch_size"
+            )
+        schedule[length_argument] = steps
         scheduler = scheduler_class(optimizer, **schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
