@@ -3,45 +3,34 @@
     python -m benchmarks.tensorboard_cost --data-dir ../shared/datasets --epochs 10 --rounds 5
 
 "On" is the default config: per-class test accuracy every epoch, then precision-recall curves and the projector's
-sample. "Off" turns those three off (``OFF``); the confusion matrix and mistakes are drawn in both. Every run is
-a fresh ``python -m lenet_lightning.train`` process on the CPU with the same seed, in a folder of its own under a
-temporary folder, timed from start to exit (start-up, data loading and the end-of-run analysis included: what a
-user waits for). Rounds alternate the order (on, off, then off, on, ...) after an untimed warm-up run, so machine
-noise and drift hit both alike; the medians and their ratio are printed.
+sample. "Off" turns those three off (``SETTINGS["off"]``); the confusion matrix and mistakes are drawn in both.
+Every run is a fresh ``python -m lenet_lightning.train`` process on the CPU with the same seed, in a temporary
+folder of its own, timed from start to exit by ``benchmarks.time_to_accuracy.measure`` (start-up, data loading
+and the end-of-run analysis included: what a user waits for). Rounds alternate the order (on, off, then off, on,
+...) after an untimed warm-up run, so machine noise and drift hit both alike; the medians and their ratio are
+printed.
 """
 
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.time_to_accuracy import measure
+
 SETTINGS: dict[str, tuple[str, ...]] = {
     "on": (),
     "off": (
-        "~callbacks.per_class_accuracy",
+        "callbacks.per_class_accuracy=null",
         "callbacks.error_analysis.pr_curves=false",
         "callbacks.error_analysis.projector_images=0",
     ),
 }
 
 
-def timed_run(data_dir: Path, dataset: str, epochs: int, seed: int, overrides: tuple[str, ...], folder: Path) -> float:
+def timed_run(data_dir: Path, dataset: str, epochs: int, seed: int, overrides: tuple[str, ...]) -> float:
     """Seconds of one ``python -m lenet_lightning.train`` process, start to exit; a failed run ends the benchmark."""
-    command = [
-        *(sys.executable, "-m", "lenet_lightning.train", f"data_dir={data_dir.resolve()}", f"dataset={dataset}"),
-        *(f"epochs={epochs}", f"seed={seed}", "accelerator=cpu", f"hydra.run.dir={folder}", *overrides),
-    ]
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"run failed ({' '.join(command[2:])}):\n{done.stderr[-3000:]}")
-    return seconds
+    return measure("recipe", data_dir, dataset, seed, "cpu", (f"epochs={epochs}", *overrides)).wall_seconds
 
 
 def benchmark(
@@ -49,15 +38,13 @@ def benchmark(
 ) -> dict[str, list[float]]:
     """``rounds`` interleaved runs of each setting; returns their wall times in seconds."""
     seconds: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    with tempfile.TemporaryDirectory() as scratch:
-        if warm_up:  # file caches, Python's bytecode: paid once, by neither setting
-            timed_run(data_dir, dataset, 1, seed, (), Path(scratch) / "warm-up")
-        for round_index in range(rounds):
-            order = list(SETTINGS) if round_index % 2 == 0 else list(reversed(SETTINGS))
-            for name in order:
-                folder = Path(scratch) / f"{name}-{round_index + 1}"
-                seconds[name].append(timed_run(data_dir, dataset, epochs, seed, SETTINGS[name], folder))
-                print(f"round {round_index + 1}/{rounds} {name:3s} {seconds[name][-1]:7.2f} s", flush=True)
+    if warm_up:  # file caches, Python's bytecode: paid once, by neither setting
+        timed_run(data_dir, dataset, 1, seed, ())
+    for round_index in range(rounds):
+        order = list(SETTINGS) if round_index % 2 == 0 else list(reversed(SETTINGS))
+        for name in order:
+            seconds[name].append(timed_run(data_dir, dataset, epochs, seed, SETTINGS[name]))
+            print(f"round {round_index + 1}/{rounds} {name:3s} {seconds[name][-1]:7.2f} s", flush=True)
     return seconds
 
 
