@@ -257,6 +257,7 @@ class TrainConfig:
     compile: str | None = field(default=MISSING, metadata=rule(choices=COMPILE_MODES))
     memory_format: str = field(default=MISSING, metadata=rule(choices=MEMORY_FORMATS))
     fast_cpu_layers: bool = MISSING
+    cuda_graph: bool = MISSING
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
     optimizer: OptimizerConfig = MISSING

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.augment import shift_and_flip
 from lenet_lightning.model.lenet import LeNet
+from lenet_lightning.speed.cuda_graph import CapturedTrainingStep, prepare_optimizer_for_capture
 
 # Learning-rate schedules by config name, with the argument that takes the run's length in optimizer steps:
 # each is stepped once per batch, over the whole run. The names users may give are checked by the config schema.
@@ -29,6 +30,9 @@ class LeNetClassifier(L.LightningModule):
     ``augment`` (keyword arguments of :func:`shift_and_flip`, applied to training batches only) are off
     when absent. Metrics are logged against the epoch number (1..N) instead of the optimizer
     step, so the curves line up with the recipe's plot.
+
+    ``cuda_graph=True`` trains with manual optimization through a :class:`CapturedTrainingStep` (the whole step
+    replayed as one CUDA graph on a GPU), whose device-side sums give ``train/loss`` and ``train/acc``.
     """
 
     def __init__(
@@ -41,9 +45,12 @@ class LeNetClassifier(L.LightningModule):
         augment: dict[str, Any] | None = None,
         compile_mode: str | None = None,
         memory_format: str = "contiguous",
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["compile_mode", "memory_format"])  # how it ran, not what it is
+        self.save_hyperparameters(ignore=["compile_mode", "memory_format", "cuda_graph"])  # how it ran, not what it is
+        self.automatic_optimization = not cuda_graph
+        self.captured_step: CapturedTrainingStep | None = None  # made in on_train_start when cuda_graph is set
         self.net = LeNet(**net, num_classes=num_classes)
         if memory_format == "channels_last":
             # In place, before any optimizer or strategy sees the parameters; moving to a device keeps the layout.
@@ -71,11 +78,20 @@ class LeNetClassifier(L.LightningModule):
         features = self.net.classifier[:-1](self.net.features(images))
         return features, self.net.classifier[-1](features)
 
+    def on_train_start(self) -> None:
+        if not self.automatic_optimization:
+            # Here, after a resumed run's optimizer state is restored: restoring replaces the param groups.
+            optimizer = self.optimizers().optimizer
+            prepare_optimizer_for_capture(optimizer, self.device)
+            self.captured_step = CapturedTrainingStep(self.net, optimizer)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         if self.hparams.augment:
             # Here rather than in a batch hook: only training batches pass through, already on their device.
             images = shift_and_flip(images, **self.hparams.augment)
+        if self.captured_step is not None:
+            return self._captured_training_step(images, labels)
         logits = self.net(images)
         losses = F.cross_entropy(logits, labels, reduction="none")
         # Per-example losses: the epoch's loss is the mean over examples, as the recipe defines it, and no
@@ -84,9 +100,26 @@ class LeNetClassifier(L.LightningModule):
         self.train_acc.update(logits.detach(), labels)
         return losses.mean()
 
+    def _captured_training_step(self, images: Tensor, labels: Tensor) -> Tensor:
+        optimizer = self.optimizers()
+        # Lightning counts optimizer steps (the global step, which checkpoints and loggers read) around
+        # LightningOptimizer.step; this update runs inside the captured step, so it is counted the same way.
+        optimizer._on_before_step()
+        loss = self.captured_step(images, labels)
+        optimizer._on_after_step()
+        scheduler = self.lr_schedulers()  # configure_optimizers makes at most one
+        if scheduler is not None:
+            scheduler.step()  # fills the device learning rate that the next replay reads
+        return loss
+
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss", self.train_loss)
-        self.log("train/acc", self.train_acc)
+        if self.captured_step is not None:
+            loss, accuracy = self.captured_step.epoch_means()
+            self.log("train/loss", loss)
+            self.log("train/acc", accuracy)
+        else:
+            self.log("train/loss", self.train_loss)
+            self.log("train/acc", self.train_acc)
         self.log("step", float(self.current_epoch + 1))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> Tensor | None:

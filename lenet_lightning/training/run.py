@@ -29,6 +29,7 @@ from lenet_lightning.reporting.console import route_to_logging
 from lenet_lightning.reporting.records import RESULT_FILE, write_result_json
 from lenet_lightning.reporting.tensorboard_events import write_summaries
 from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
+from lenet_lightning.speed.cuda_graph import refuse_unsupported_cuda_graph
 from lenet_lightning.training.checkpoints import checkpoint_to_resume, interruption_of
 from lenet_lightning.training.divergence import TrainingDiverged
 from lenet_lightning.training.launch_guard import refuse_reexecution_in_multirun
@@ -108,6 +109,7 @@ def build(
         augment=OmegaConf.to_container(cfg.augment, resolve=True),
         compile_mode=cfg.compile,
         memory_format=cfg.memory_format,
+        cuda_graph=cfg.cuda_graph,
     )
     if cfg.fast_cpu_layers:  # faster CPU training kernels; GPUs, compilers and exporters see the stock ones
         convert_to_fast_cpu_layers(module.net)
@@ -251,6 +253,7 @@ def fit(cfg: DictConfig) -> RunResult:
     """
     route_to_logging()  # Lightning's lines and Python warnings through the run's logging config
     refuse_batch_norm_on_single_examples(cfg)
+    refuse_unsupported_cuda_graph(cfg)
     output_dir = Path(cfg.output_dir)
     ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), output_dir)
     check_writable(output_dir)

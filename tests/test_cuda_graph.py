@@ -1,0 +1,222 @@
+"""``cuda_graph=true``: the whole training step captured as one CUDA graph and replayed.
+
+On the CPU the same LightningModule code runs with every step uncaptured (only the command line refuses
+``cuda_graph=true`` there), so the manual optimization around the step is tested everywhere: the updates equal
+the automatic path's, the global step counts, checkpoints resume. The capture itself, its freedom from host
+syncs and its accuracy on real data are tested where CUDA is (``gpu`` marker, skipped elsewhere).
+"""
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from lenet_lightning.config.errors import UserError
+from lenet_lightning.model.classifier import LeNetClassifier
+from lenet_lightning.model.lenet import LeNet
+from lenet_lightning.speed.cuda_graph import (
+    WARM_UP_STEPS,
+    CapturedTrainingStep,
+    prepare_optimizer_for_capture,
+    refuse_unsupported_cuda_graph,
+)
+from lenet_lightning.training.run import build, fit
+from tests.conftest import REAL_DATA_DIR
+
+NO_FIGURES = "~callbacks.error_analysis"  # rendering the figures costs seconds and is not what is tested here
+# Momentum, weight decay, batch norm and a per-step schedule: every piece of state a captured update must carry.
+SPEEDRUN = ("experiment=speedrun_mnist", "dataset.batch_size=48", NO_FIGURES)  # 512 examples: 10 batches + 32
+
+
+def train(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[LeNetClassifier, L.Trainer]:
+    """Build and fit as ``fit()`` does, minus its refusal of ``cuda_graph`` on the CPU."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    return module, trainer
+
+
+def relative_differences(first: LeNetClassifier, second: LeNetClassifier) -> dict[str, float]:
+    theirs = second.state_dict()
+    return {
+        name: float((tensor - theirs[name]).abs().max() / tensor.abs().max().clamp_min(1e-12))
+        for name, tensor in first.state_dict().items()
+        if tensor.is_floating_point()
+    }
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_the_manual_step_trains_as_the_automatic_one(make_config, tmp_path: Path, accelerator: str) -> None:
+    eager, eager_trainer = train(make_config(f"accelerator={accelerator}", "epochs=2", *SPEEDRUN))
+    graphed, graphed_trainer = train(
+        make_config(f"accelerator={accelerator}", "epochs=2", "cuda_graph=true", *SPEEDRUN, output_dir=tmp_path / "g")
+    )
+    if accelerator == "gpu":
+        assert graphed.captured_step.graph is not None, "full batches replay a captured graph"
+    assert not graphed.automatic_optimization and graphed.captured_step is not None
+    assert graphed_trainer.global_step == eager_trainer.global_step == 2 * 11, "every update is counted"
+    differences = relative_differences(eager, graphed)
+    assert max(differences.values()) < 1e-4, differences  # float rounding: fused vs foreach SGD, float32 lr
+    for key in ("train/loss", "train/acc", "test/acc"):
+        assert math.isclose(
+            float(eager_trainer.callback_metrics[key]), float(graphed_trainer.callback_metrics[key]), abs_tol=1e-4
+        ), key
+    assert (Path(graphed_trainer.default_root_dir) / "checkpoints" / "last.ckpt").is_file()
+
+
+class StopAfterTheFirstEpoch(L.Callback):
+    """Ends a run once its first epoch (and that epoch's checkpoint) is done, as an interruption would."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.should_stop = True
+
+
+def test_a_resumed_manual_run_continues_exactly(make_config, tmp_path: Path) -> None:
+    unbroken, _ = train(make_config("epochs=2", "cuda_graph=true", *SPEEDRUN, output_dir=tmp_path / "whole"))
+    halfway = make_config("epochs=2", "cuda_graph=true", *SPEEDRUN, output_dir=tmp_path / "halfway")
+    L.seed_everything(halfway.seed, workers=True, verbose=False)
+    datamodule, module, trainer = build(halfway)
+    trainer.callbacks.append(StopAfterTheFirstEpoch())
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 11
+    resumed, trainer = train(
+        make_config("epochs=2", "cuda_graph=true", *SPEEDRUN, output_dir=tmp_path / "resumed"),
+        ckpt_path=str(tmp_path / "halfway" / "checkpoints" / "last.ckpt"),
+    )
+    assert trainer.global_step == 22
+    assert max(relative_differences(unbroken, resumed).values()) == 0.0
+
+
+def test_the_optimizer_reads_a_device_learning_rate_that_schedules_fill_in_place() -> None:
+    net = LeNet()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.4, momentum=0.9, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.4, total_steps=10)
+    prepare_optimizer_for_capture(optimizer, torch.device("cpu"))
+    lr = optimizer.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and lr.dtype == torch.float32 and optimizer.param_groups[0]["fused"]
+    before = float(lr)
+    step = CapturedTrainingStep(net, optimizer)
+    step(torch.rand(8, 1, 28, 28), torch.arange(8))
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] is lr and float(lr) > before, "the same tensor, filled with the next lr"
+    with pytest.raises(TypeError, match=r"torch\.optim\.SGD"):
+        prepare_optimizer_for_capture(torch.optim.Adam(net.parameters()), torch.device("cpu"))
+
+
+def test_epoch_means_are_over_examples_and_start_a_new_sum() -> None:
+    net = LeNet()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    prepare_optimizer_for_capture(optimizer, torch.device("cpu"))
+    step = CapturedTrainingStep(net, optimizer)
+    images, labels = torch.rand(12, 1, 28, 28), torch.randint(0, 10, (12,))
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(net(images), labels, reduction="none")
+        correct = (net(images).argmax(1) == labels).sum()
+    step(images[:8], labels[:8])
+    step(images[8:], labels[8:])  # a smaller last batch weighs by its examples
+    loss, accuracy = step.epoch_means()
+    assert math.isclose(float(loss), float(losses.mean()), rel_tol=1e-6)
+    assert math.isclose(float(accuracy), float(correct) / 12)
+    assert step.examples == 0 and float(step.loss_sum) == 0 and int(step.correct) == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("accelerator=cpu",), "cuda_graph=true trains on a GPU only; use accelerator=gpu"),
+        (("accelerator=mps",), "needs an NVIDIA GPU"),
+        (("trainer=ddp",), "one GPU in one process"),
+        (("trainer.devices=2",), "one GPU in one process"),
+        (("trainer.devices=[0,1]",), "one GPU in one process"),
+        (("compile=reduce-overhead",), "drop compile=reduce-overhead"),
+        (("trainer.precision=bf16-mixed",), "trainer.precision=32-true instead of bf16-mixed"),
+    ],
+)
+def test_cuda_graph_where_it_cannot_run_is_refused_in_one_line(make_config, overrides, message, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the same answers on machines with and without
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=message.replace("[", r"\[")):
+        refuse_unsupported_cuda_graph(make_config("cuda_graph=true", *overrides))
+    refuse_unsupported_cuda_graph(make_config("cuda_graph=false", *overrides))  # the key off: nothing to refuse
+
+
+def test_cuda_graph_on_a_machine_without_a_gpu_is_refused(make_config, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no GPU is visible on this machine; use cuda_graph=false"):
+        refuse_unsupported_cuda_graph(make_config("cuda_graph=true", "accelerator=auto"))
+
+
+@pytest.mark.slow
+def test_the_command_refuses_cuda_graph_on_the_cpu_before_training(run_cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = run_cli("cuda_graph=true", "accelerator=cpu", f"hydra.run.dir={run}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cuda_graph=true trains on a GPU only")
+    assert "Traceback" not in result.stderr
+    assert not (run / "checkpoints").exists()
+    bad = run_cli("cuda_graph=maybe", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "cuda_graph" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.gpu
+def test_replayed_steps_and_their_schedule_never_wait_for_the_host() -> None:
+    device = torch.device("cuda")
+    net = LeNet(activation="relu", pooling="max", batch_norm=True).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.4, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.4, total_steps=100)
+    prepare_optimizer_for_capture(optimizer, device)
+    step = CapturedTrainingStep(net, optimizer)
+    images, labels = torch.rand(64, 1, 28, 28, device=device), torch.randint(0, 10, (64,), device=device)
+    for _ in range(WARM_UP_STEPS + 1):
+        step(images, labels)
+        scheduler.step()
+    assert step.graph is not None
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(20):
+            loss = step(images, labels)
+            scheduler.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss) and step.examples == 64 * (WARM_UP_STEPS + 21)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_graphed_command_trains_resumes_and_reports(run_cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = run_cli("accelerator=gpu", "cuda_graph=true", "epochs=2", NO_FIGURES, f"hydra.run.dir={run}")
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli(f"resume={run}", "epochs=3")
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "completed" and result["epochs"] == 3 and result["test_acc"] > 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_graphed_run_that_diverges_stops_within_its_first_epoch(run_cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    overrides = ("model.activation=relu", "lr=1e20", "epochs=3", "dataset.batch_size=32", f"hydra.run.dir={run}")
+    result = run_cli("accelerator=gpu", "cuda_graph=true", *overrides)
+    assert result.returncode == 3, result.stderr
+    assert json.loads((run / "result.json").read_text())["status"] == "diverged"
+    assert not (run / "checkpoints" / "last.ckpt").exists(), "no checkpoint of NaN weights"
+
+
+@pytest.mark.gpu
+@pytest.mark.real_data
+def test_graphed_and_eager_training_reach_the_same_accuracy_on_mnist(make_config, tmp_path: Path) -> None:
+    results = {}
+    for graphed in (False, True):
+        cfg = make_config(
+            "accelerator=gpu", f"cuda_graph={graphed}", NO_FIGURES,
+            data_dir=Path(REAL_DATA_DIR), output_dir=tmp_path / str(graphed),
+        )  # fmt: skip
+        results[graphed] = fit(cfg)
+    assert results[True].status == results[False].status == "completed"
+    assert abs(results[True].test_acc - results[False].test_acc) <= 0.005, results
