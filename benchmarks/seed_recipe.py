@@ -66,16 +66,21 @@ def train_epochs_plain(
                 loss_sum += loss.detach() * len(labels)
                 correct += (logits.argmax(1) == labels).sum()
             examples += len(labels)
-        model.eval()
-        hits, total = 0, 0
-        with torch.no_grad():
-            for images, labels in test_batches():
-                images, labels = images.to(device), labels.to(device)
-                hits += int((model(images).argmax(1) == labels).sum())
-                total += len(labels)
-        test_acc = hits / total
+        test_acc = accuracy_on_test_set(model, test_batches, device)
         seconds += time.perf_counter() - start
     return PlainRun(seconds, examples, test_acc)
+
+
+def accuracy_on_test_set(model: torch.nn.Module, test_batches: Batches, device: torch.device) -> float:
+    """One pass over the test set in eval mode, as the recipe evaluates after every epoch."""
+    model.eval()
+    hits, total = 0, 0
+    with torch.no_grad():
+        for images, labels in test_batches():
+            images, labels = images.to(device), labels.to(device)
+            hits += int((model(images).argmax(1) == labels).sum())
+            total += len(labels)
+    return hits / total
 
 
 def run_seed_recipe(data_dir: Path, dataset: str, epochs: int, seed: int, device: torch.device) -> PlainRun:

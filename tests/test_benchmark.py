@@ -1,4 +1,4 @@
-"""The throughput benchmark's four pipelines run on tiny data, train what they claim, and report it."""
+"""The throughput benchmark's pipelines run on tiny data, train what they claim, and report it."""
 
 import math
 from pathlib import Path
@@ -10,14 +10,24 @@ from omegaconf import OmegaConf
 import benchmarks.seed_recipe
 import benchmarks.throughput
 from benchmarks.seed_recipe import PlainRun
-from benchmarks.throughput import PIPELINES, accuracy_comparable, benchmark, format_table, run_project, summarize
+from benchmarks.throughput import (
+    PIPELINES,
+    PIPELINES_ON,
+    Measurement,
+    accuracy_comparable,
+    benchmark,
+    format_table,
+    gpu_goals,
+    run_project,
+    summarize,
+)
 from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
 from lenet_lightning.training.run import RunResult, fit
 from tests.conftest import TINY_TEST
 
 
-@pytest.mark.parametrize("name", sorted(PIPELINES))
+@pytest.mark.parametrize("name", [*PIPELINES_ON["cpu"], "floor_graphed"])  # floor_graphed: uncaptured on a CPU
 def test_each_pipeline_trains_and_reports_throughput_and_accuracy(tiny_data_dir: Path, name: str) -> None:
     measurement = PIPELINES[name](tiny_data_dir, "mnist", 1, 0)
     assert measurement.pipeline == name
@@ -62,10 +72,16 @@ def test_project_pipeline_runs_with_the_training_commands_settings(
 
     monkeypatch.setattr(benchmarks.throughput, "fit", fake_fit)
     run_project(tiny_data_dir, "fashion", 2, 3)
-    (benchmarked,) = configs
+    PIPELINES["project_graphed"](tiny_data_dir, "fashion", 2, 3, accelerator="gpu", eval_batch_size=1000)
+    benchmarked, graphed = configs
     normal = make_config("dataset=fashion", "epochs=2", "seed=3", "accelerator=cpu", output_dir=benchmarked.output_dir)
-    assert benchmarked.fast_cpu_layers is True
+    assert benchmarked.fast_cpu_layers is True and benchmarked.cuda_graph is False
     assert OmegaConf.to_container(benchmarked) == OmegaConf.to_container(normal)
+    normal_graphed = make_config(
+        "dataset=fashion", "epochs=2", "seed=3", "accelerator=gpu", "dataset.eval_batch_size=1000", "cuda_graph=true",
+        output_dir=graphed.output_dir,
+    )  # fmt: skip
+    assert OmegaConf.to_container(graphed) == OmegaConf.to_container(normal_graphed)
 
 
 @pytest.mark.slow
@@ -79,8 +95,10 @@ def test_project_pipeline_is_the_normal_training_run(tiny_data_dir: Path, make_c
 def test_one_round_runs_every_pipeline_in_its_own_process_and_tabulates_ratios(tiny_data_dir: Path) -> None:
     measurements = benchmark(tiny_data_dir, "mnist", epochs=1, rounds=1, warm_up=False)
     assert {name: [m.pipeline for m in runs] for name, runs in measurements.items()} == {
-        name: [name] for name in PIPELINES
+        name: [name] for name in PIPELINES_ON["cpu"]
     }
+    for (run,) in measurements.values():
+        assert 0 < run.train_seconds < run.process_seconds
     table = summarize(measurements)
     assert table["seed"]["vs_seed"] == table["floor"]["vs_floor"] == table["floor_tuned"]["vs_floor_tuned"] == 1.0
     project = table["project"]
@@ -95,3 +113,32 @@ def test_accuracy_check_flags_pipelines_that_learned_differently() -> None:
 
     assert accuracy_comparable(table(0.86, 0.89, 0.90))
     assert not accuracy_comparable(table(0.86, 0.11))
+
+
+def gpu_round(floor: float, floor_graphed: float, project: float, graphed: float, gap: float) -> dict:
+    """One round of the GPU pipelines with these examples/sec (60,000 examples a 1-epoch run)."""
+    rates = {"seed": 30_000.0, "floor": floor, "floor_graphed": floor_graphed, "project": project}
+    rates["project_graphed"] = graphed
+    runs = {name: [Measurement(name, rate, 0.99, 60_000 / rate, 10.0)] for name, rate in rates.items()}
+    runs["project_graphed"][0].test_acc = 0.99 + gap
+    return runs
+
+
+def test_gpu_goals_are_judged_on_the_measured_ratios_and_seconds() -> None:
+    met = gpu_round(floor=120_000, floor_graphed=400_000, project=110_000, graphed=350_000, gap=0.002)
+    table = summarize(met)
+    assert table["project_graphed"]["vs_floor_graphed"] == 350_000 / 400_000
+    assert "| floor_graphed |" in format_table(table) and "vs floor_graphed" in format_table(table)
+    lines = gpu_goals(table, met, epochs=1)
+    assert len(lines) == 5 and all(line.endswith(": met") for line in lines), lines
+    missed = gpu_round(floor=120_000, floor_graphed=400_000, project=90_000, graphed=250_000, gap=0.01)
+    lines = gpu_goals(summarize(missed), missed, epochs=1)
+    assert [line.endswith("NOT met") for line in lines] == [True, True, True, True, True], lines
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_one_gpu_round_runs_the_graphed_pipelines(tiny_data_dir: Path) -> None:
+    measurements = benchmark(tiny_data_dir, "mnist", epochs=1, rounds=1, accelerator="gpu", warm_up=False)
+    assert list(measurements) == list(PIPELINES_ON["gpu"])
+    assert len(gpu_goals(summarize(measurements), measurements, epochs=1)) == 5
