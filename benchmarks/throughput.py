@@ -51,7 +51,7 @@ from benchmarks.seed_recipe import BATCH_SIZE, LR, PlainRun, accuracy_on_test_se
 from lenet_lightning.data.datamodule import DATASETS
 from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
-from lenet_lightning.speed.cuda_graph import CapturedTrainingStep, prepare_optimizer_for_capture
+from lenet_lightning.speed.cuda_graph import CapturedTrainingStep
 from lenet_lightning.speed.host_memory import keep_freed_host_memory
 from lenet_lightning.training.run import fit
 
@@ -131,9 +131,7 @@ def run_floor(
 def train_epochs_captured(model: torch.nn.Module, train_batches, test_batches, epochs: int, device) -> PlainRun:
     """The plain loop with every training step a replay of one captured CUDA graph (uncaptured on a CPU)."""
     model = model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    prepare_optimizer_for_capture(optimizer, device)
-    step = CapturedTrainingStep(model, optimizer)
+    step = CapturedTrainingStep(model, torch.optim.SGD(model.parameters(), lr=LR))
     seconds, examples, test_acc = 0.0, 0, 0.0
     for _ in range(epochs):
         start = time.perf_counter()

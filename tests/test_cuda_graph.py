@@ -18,12 +18,7 @@ from omegaconf import DictConfig
 from lenet_lightning.config.errors import UserError
 from lenet_lightning.model.classifier import LeNetClassifier
 from lenet_lightning.model.lenet import LeNet
-from lenet_lightning.speed.cuda_graph import (
-    WARM_UP_STEPS,
-    CapturedTrainingStep,
-    prepare_optimizer_for_capture,
-    refuse_unsupported_cuda_graph,
-)
+from lenet_lightning.speed.cuda_graph import WARM_UP_STEPS, CapturedTrainingStep, refuse_unsupported_cuda_graph
 from lenet_lightning.training.run import build, fit
 from tests.conftest import REAL_DATA_DIR
 
@@ -91,27 +86,24 @@ def test_a_resumed_manual_run_continues_exactly(make_config, tmp_path: Path) -> 
     assert max(relative_differences(unbroken, resumed).values()) == 0.0
 
 
-def test_the_optimizer_reads_a_device_learning_rate_that_schedules_fill_in_place() -> None:
+def test_the_step_fuses_the_sgd_update_and_leaves_learning_rates_to_the_scheduler() -> None:
     net = LeNet()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.4, momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.4, total_steps=10)
-    prepare_optimizer_for_capture(optimizer, torch.device("cpu"))
-    lr = optimizer.param_groups[0]["lr"]
-    assert isinstance(lr, torch.Tensor) and lr.dtype == torch.float32 and optimizer.param_groups[0]["fused"]
-    before = float(lr)
     step = CapturedTrainingStep(net, optimizer)
+    assert optimizer.param_groups[0]["fused"] and not optimizer.param_groups[0]["foreach"]
+    before = optimizer.param_groups[0]["lr"]
     step(torch.rand(8, 1, 28, 28), torch.arange(8))
     scheduler.step()
-    assert optimizer.param_groups[0]["lr"] is lr and float(lr) > before, "the same tensor, filled with the next lr"
+    lr = optimizer.param_groups[0]["lr"]
+    assert isinstance(lr, float) and lr > before, "a plain number, as schedulers and checkpoints expect"
     with pytest.raises(TypeError, match=r"torch\.optim\.SGD"):
-        prepare_optimizer_for_capture(torch.optim.Adam(net.parameters()), torch.device("cpu"))
+        CapturedTrainingStep(net, torch.optim.Adam(net.parameters()))
 
 
 def test_epoch_means_are_over_examples_and_start_a_new_sum() -> None:
     net = LeNet()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
-    prepare_optimizer_for_capture(optimizer, torch.device("cpu"))
-    step = CapturedTrainingStep(net, optimizer)
+    step = CapturedTrainingStep(net, torch.optim.SGD(net.parameters(), lr=0.0))
     images, labels = torch.rand(12, 1, 28, 28), torch.randint(0, 10, (12,))
     with torch.no_grad():
         losses = torch.nn.functional.cross_entropy(net(images), labels, reduction="none")
@@ -168,7 +160,6 @@ def test_replayed_steps_and_their_schedule_never_wait_for_the_host() -> None:
     net = LeNet(activation="relu", pooling="max", batch_norm=True).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.4, momentum=0.9, nesterov=True, weight_decay=5e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.4, total_steps=100)
-    prepare_optimizer_for_capture(optimizer, device)
     step = CapturedTrainingStep(net, optimizer)
     images, labels = torch.rand(64, 1, 28, 28, device=device), torch.randint(0, 10, (64,), device=device)
     for _ in range(WARM_UP_STEPS + 1):

@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.augment import shift_and_flip
 from lenet_lightning.model.lenet import LeNet
-from lenet_lightning.speed.cuda_graph import CapturedTrainingStep, prepare_optimizer_for_capture
+from lenet_lightning.speed.cuda_graph import CapturedTrainingStep
 
 # Learning-rate schedules by config name, with the argument that takes the run's length in optimizer steps:
 # each is stepped once per batch, over the whole run. The names users may give are checked by the config schema.
@@ -81,9 +81,7 @@ class LeNetClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         if not self.automatic_optimization:
             # Here, after a resumed run's optimizer state is restored: restoring replaces the param groups.
-            optimizer = self.optimizers().optimizer
-            prepare_optimizer_for_capture(optimizer, self.device)
-            self.captured_step = CapturedTrainingStep(self.net, optimizer)
+            self.captured_step = CapturedTrainingStep(self.net, self.optimizers().optimizer)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
@@ -109,7 +107,7 @@ class LeNetClassifier(L.LightningModule):
         optimizer._on_after_step()
         scheduler = self.lr_schedulers()  # configure_optimizers makes at most one
         if scheduler is not None:
-            scheduler.step()  # fills the device learning rate that the next replay reads
+            scheduler.step()  # the captured step copies the new learning rate to the device before its next replay
         return loss
 
     def on_train_epoch_end(self) -> None:

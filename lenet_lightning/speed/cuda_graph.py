@@ -19,24 +19,6 @@ from lenet_lightning.config.errors import UserError
 WARM_UP_STEPS = 3
 
 
-def prepare_optimizer_for_capture(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Make ``optimizer``'s update capturable: fused SGD reading its learning rate from a device tensor.
-
-    A captured graph replays fixed kernel arguments, so a learning rate passed as a Python number would stay
-    at its value at capture; torch's schedulers fill a tensor learning rate in place, which the graph reads
-    on every replay. The foreach update would read a tensor learning rate back to the host (a sync, which
-    a capture refuses); the fused one takes it on the device. Called once a checkpoint is restored, since
-    restoring replaces the param groups.
-    """
-    if not isinstance(optimizer, torch.optim.SGD):
-        raise TypeError(f"a captured training step needs torch.optim.SGD, not {type(optimizer).__name__}")
-    for group in optimizer.param_groups:
-        lr = group["lr"]
-        if not (isinstance(lr, Tensor) and lr.device == device and lr.dtype == torch.float32):
-            group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
-        group["fused"], group["foreach"] = True, False
-
-
 class CapturedTrainingStep:
     """Train ``net`` with ``optimizer`` one batch per call, replaying one CUDA graph for batches of one size.
 
@@ -44,6 +26,11 @@ class CapturedTrainingStep:
     stream, the next is captured and replayed, and so are all later ones of that size. A batch of another
     size (an epoch's last) trains eagerly through the same code, so every step makes the update the eager
     path makes, up to float rounding. On CPU tensors every step runs eagerly (there is no graph to capture).
+
+    The update is ``optimizer``'s (torch.optim.SGD), switched to its fused kernel: the foreach one reads a
+    tensor learning rate back to the host, which a capture refuses. The graph reads the learning rate from a
+    device tensor, refilled from the param group's number before a replay whenever a scheduler changed it;
+    the param groups keep plain numbers, so schedulers and checkpoints see what they see in eager runs.
 
     The epoch's loss sum and correct count accumulate in device tensors that the graph writes into; read them
     once per epoch (:meth:`epoch_means`), not per step. torchmetrics cannot be captured here: its
@@ -53,8 +40,14 @@ class CapturedTrainingStep:
     """
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise TypeError(f"a captured training step needs torch.optim.SGD, not {type(optimizer).__name__}")
+        for group in optimizer.param_groups:
+            group["fused"], group["foreach"] = True, False
         self.net, self.optimizer = net, optimizer
         device = next(net.parameters()).device
+        self._learning_rates = [torch.tensor(float(group["lr"]), device=device) for group in optimizer.param_groups]
+        self._filled_learning_rates = [float(group["lr"]) for group in optimizer.param_groups]
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.examples = 0
@@ -74,6 +67,7 @@ class CapturedTrainingStep:
             static_images, static_labels, static_loss = self._static
             static_images.copy_(images)
             static_labels.copy_(labels)
+            self._fill_learning_rates()
             self.graph.replay()
             return static_loss
         if self._warm_up_steps_left:
@@ -114,12 +108,28 @@ class CapturedTrainingStep:
         torch.cuda.current_stream().wait_stream(side)
         return loss
 
+    def _fill_learning_rates(self) -> None:
+        """Copy changed learning rates into the tensors the graph reads (a kernel launch each, no host sync)."""
+        for index, group in enumerate(self.optimizer.param_groups):
+            if group["lr"] != self._filled_learning_rates[index]:
+                self._learning_rates[index].fill_(group["lr"])
+                self._filled_learning_rates[index] = group["lr"]
+
     def _capture(self, images: Tensor, labels: Tensor) -> Tensor:
         static_images, static_labels = images.clone(), labels.clone()
         self.optimizer.zero_grad(set_to_none=True)
+        self._fill_learning_rates()
+        groups = self.optimizer.param_groups
+        numbers = [group["lr"] for group in groups]
+        for group, lr in zip(groups, self._learning_rates, strict=True):
+            group["lr"] = lr  # only while capturing: the graph keeps reading this tensor
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_loss = self._step(static_images, static_labels)
+        try:
+            with torch.cuda.graph(graph):
+                static_loss = self._step(static_images, static_labels)
+        finally:
+            for group, number in zip(groups, numbers, strict=True):
+                group["lr"] = number
         self.graph, self._static = graph, (static_images, static_labels, static_loss)
         graph.replay()  # a capture records the kernels without running them: this batch trains now
         return static_loss
