@@ -127,3 +127,14 @@ def test_missing_files_offline_fail_fast_with_one_line_naming_folder_files_and_f
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
         assert name in message
     assert "LENET_DATA_DIR" in message
+
+
+def test_test_batches_default_to_the_devices_size_unless_given(tiny_data_dir: Path) -> None:
+    """256 on the CPU (larger ones are slower there), the whole test set at once on a GPU; a given size wins."""
+    automatic = MNISTDataModule(data_dir=str(tiny_data_dir), download=False)
+    assert automatic.eval_batch_size_on(torch.device("cpu")) == 256
+    assert automatic.eval_batch_size_on(torch.device("cuda")) == 10_000
+    given = MNISTDataModule(data_dir=str(tiny_data_dir), eval_batch_size=50, download=False)
+    assert given.eval_batch_size_on(torch.device("cuda")) == given.eval_batch_size_on(torch.device("cpu")) == 50
+    given.setup()
+    assert [len(labels) for _, labels in given.test_dataloader()] == [50, 50, TINY_TEST - 100]

@@ -158,7 +158,7 @@ class DatasetConfig:
     name: str = field(default=MISSING, metadata=rule(choices=DATASETS))
     data_dir: str = MISSING
     batch_size: int = field(default=MISSING, metadata=rule(ge=1))
-    eval_batch_size: int = field(default=MISSING, metadata=rule(ge=1))
+    eval_batch_size: int | None = field(default=MISSING, metadata=rule(ge=1))
     val_size: int = field(default=MISSING, metadata=rule(ge=0, lt=TRAIN_EXAMPLES))
     seed: int = field(default=MISSING, metadata=rule(ge=0, le=SEED_MAX))
     download: bool = MISSING

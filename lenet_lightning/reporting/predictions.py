@@ -39,7 +39,7 @@ def predict_test_set(module: LeNetClassifier, datamodule: MNISTDataModule) -> Te
     was_training = module.training
     module.eval()
     features, logits = [], []
-    for batch, _ in TensorBatches(images, labels, datamodule.eval_batch_size):
+    for batch, _ in TensorBatches(images, labels, datamodule.eval_batch_size_on(images.device)):
         batch_features, batch_logits = module.features_and_logits(batch.to(module.device, module.dtype))
         features.append(batch_features)
         logits.append(batch_logits)

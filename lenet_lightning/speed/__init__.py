@@ -1,2 +1,2 @@
-"""Speed-ups for training on the CPU: the layer swap behind ``fast_cpu_layers`` and freed host memory kept for
-reuse; the measurements behind them are in docs/performance.md."""
+"""Speed-ups: the CPU layer swap behind ``fast_cpu_layers``, freed host memory kept for reuse, and the training
+step captured as one CUDA graph behind ``cuda_graph``; the measurements behind them are in docs/performance.md."""
