@@ -44,7 +44,7 @@ run() {
     } 2>&1 | tee "$OUT/device.txt" || true
     # Each stage is bounded so that the ones after it still run, all within a 10-minute command; a failing stage
     # does not stop the others. Six files come back (the device tool returns at most eight).
-    timeout 180 python3 -m pytest -m gpu -p no:cacheprovider -q --durations=0 \
+    timeout 180 python3 -m pytest -m gpu -p no:cacheprovider -q -rP --durations=0 \
         tests/test_cuda_graph.py tests/test_benchmark.py tests/test_device.py 2>&1 | tee "$OUT/gpu_tests.log" || true
     timeout 270 python3 -m benchmarks.throughput --data-dir /tmp/data --epochs 10 --rounds 2 --accelerator gpu \
         --eval-batch-size 10000 --json "$OUT/throughput_gpu.json" 2>&1 | tee "$OUT/throughput_gpu.log" || true

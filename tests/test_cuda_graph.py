@@ -8,6 +8,7 @@ syncs and its accuracy on real data are tested where CUDA is (``gpu`` marker, sk
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -174,6 +175,47 @@ def test_replayed_steps_and_their_schedule_never_wait_for_the_host() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss) and step.examples == 64 * (WARM_UP_STEPS + 21)
+
+
+class CountHostSyncs(L.Callback):
+    """Counts, for each training step of the last epoch (its hooks included), the CUDA calls that made the host
+    wait for the GPU."""
+
+    def __init__(self) -> None:
+        self.per_step: list[int] = []
+        self._caught: warnings.catch_warnings | None = None
+        self._records: list[warnings.WarningMessage] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.per_step = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self._caught = warnings.catch_warnings(record=True)
+        self._records = self._caught.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+        self._caught.__exit__(None, None, None)
+        self.per_step.append(sum("synchroniz" in str(record.message) for record in self._records))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("graphed", [False, True])
+def test_training_steps_wait_for_the_gpu_only_for_the_divergence_check(make_config, graphed: bool) -> None:
+    """32 steps an epoch; the divergence check reads its flag back every 10 steps and at an epoch's last."""
+    cfg = make_config("accelerator=gpu", f"cuda_graph={graphed}", "epochs=2", "dataset.batch_size=16", NO_FIGURES)
+    L.seed_everything(0, verbose=False)
+    datamodule, module, trainer = build(cfg)
+    counter = CountHostSyncs()
+    trainer.callbacks.append(counter)  # after StopOnDivergence: its batch-end check falls inside the count
+    trainer.fit(module, datamodule=datamodule)
+    print(f"cuda_graph={graphed}: host syncs in each step of the second epoch: {counter.per_step}")
+    checks = {step for step in range(32) if (step + 1) % 10 == 0 or step == 31}
+    assert [step for step, syncs in enumerate(counter.per_step) if syncs] == sorted(checks), counter.per_step
 
 
 @pytest.mark.gpu
