@@ -8,6 +8,7 @@ syncs and its accuracy on real data are tested where CUDA is (``gpu`` marker, sk
 
 import json
 import math
+import signal
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lenet_lightning.config.errors import UserError
 from lenet_lightning.model.classifier import LeNetClassifier
@@ -22,6 +24,7 @@ from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.speed.cuda_graph import WARM_UP_STEPS, CapturedTrainingStep, refuse_unsupported_cuda_graph
 from lenet_lightning.training.run import build, fit
 from tests.conftest import REAL_DATA_DIR
+from tests.test_reliability_faults import fault
 
 NO_FIGURES = "~callbacks.error_analysis"  # rendering the figures costs seconds and is not what is tested here
 # Momentum, weight decay, batch norm and a per-step schedule: every piece of state a captured update must carry.
@@ -228,6 +231,23 @@ def test_a_graphed_command_trains_resumes_and_reports(run_cli, tmp_path: Path) -
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads((run / "result.json").read_text())
     assert result["status"] == "completed" and result["epochs"] == 3 and result["test_acc"] > 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_graphed_run_stopped_by_sigterm_keeps_its_epochs_and_resumes(run_cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    recipe = ("accelerator=gpu", "cuda_graph=true", "epochs=4", "dataset.batch_size=64", NO_FIGURES)
+    terminated = run_cli(*recipe, f"hydra.run.dir={run}", *fault(3, 4, signal.SIGTERM, tmp_path / "fired"))
+    assert terminated.returncode == 143, terminated.stderr
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    resumed = run_cli(f"resume={run}")
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "completed" and result["epochs"] == 4
+    accumulator = EventAccumulator(str(run))
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Scalars("train/loss")] == [1, 2, 3, 4]
 
 
 @pytest.mark.gpu

@@ -139,7 +139,7 @@ def refuse_unsupported_cuda_graph(cfg: DictConfig) -> None:
     """``cuda_graph=true`` trains on one GPU in float32, uncompiled: refuse anything else in one line, early."""
     if not cfg.cuda_graph:
         return
-    trainer: dict[str, Any] = cfg.trainer
+    trainer: DictConfig = cfg.trainer
     accelerator = str(trainer.get("accelerator", cfg.accelerator))
     if accelerator == "cpu":
         raise UserError("cuda_graph=true trains on a GPU only; use accelerator=gpu, or cuda_graph=false on the CPU")
