@@ -58,11 +58,14 @@ def test_the_manual_step_trains_as_the_automatic_one(make_config, tmp_path: Path
         assert graphed.captured_step.graph is not None, "full batches replay a captured graph"
     assert not graphed.automatic_optimization and graphed.captured_step is not None
     assert graphed_trainer.global_step == eager_trainer.global_step == 2 * 11, "every update is counted"
+    # Float rounding (fused vs foreach SGD, float32 vs float64 learning rate) grows over 22 steps; on a GPU, cuDNN's
+    # kernels add their own and may flip a borderline prediction of the 512 training or 128 test images.
+    parameters, loss, accuracy = (1e-4, 1e-4, 1e-4) if accelerator == "cpu" else (1e-3, 1e-3, 0.01)
     differences = relative_differences(eager, graphed)
-    assert max(differences.values()) < 1e-4, differences  # float rounding: fused vs foreach SGD, float32 lr
-    for key in ("train/loss", "train/acc", "test/acc"):
+    assert max(differences.values()) < parameters, differences
+    for key, tolerance in (("train/loss", loss), ("train/acc", accuracy), ("test/acc", accuracy)):
         assert math.isclose(
-            float(eager_trainer.callback_metrics[key]), float(graphed_trainer.callback_metrics[key]), abs_tol=1e-4
+            float(eager_trainer.callback_metrics[key]), float(graphed_trainer.callback_metrics[key]), abs_tol=tolerance
         ), key
     assert (Path(graphed_trainer.default_root_dir) / "checkpoints" / "last.ckpt").is_file()
 
