@@ -51,6 +51,7 @@ run() {
     timeout 270 python3 -m benchmarks.throughput --data-dir /tmp/data --epochs 10 --rounds 2 --accelerator gpu \
         --eval-batch-size 10000 --json "$OUT/throughput_gpu.json" 2>&1 | tee "$OUT/throughput_gpu.log" || true
     timeout 110 python3 -m benchmarks.time_to_accuracy --data-dir /tmp/data --seeds 1 --accelerator gpu \
+        --project-override cuda_graph=true \
         --json "$OUT/time_to_accuracy_gpu.json" 2>&1 | tee "$OUT/time_to_accuracy_gpu.log" || true
 }
 
