@@ -133,6 +133,7 @@ def test_epoch_means_are_over_examples_and_start_a_new_sum() -> None:
         (("trainer.devices=[0,1]",), "one GPU in one process"),
         (("compile=reduce-overhead",), "drop compile=reduce-overhead"),
         (("trainer.precision=bf16-mixed",), "trainer.precision=32-true instead of bf16-mixed"),
+        (("scheduler=onecycle", "scheduler.cycle_momentum=true"), "use scheduler.cycle_momentum=false"),
     ],
 )
 def test_cuda_graph_where_it_cannot_run_is_refused_in_one_line(make_config, overrides, message, monkeypatch) -> None:
@@ -173,6 +174,10 @@ def test_replayed_steps_and_their_schedule_never_wait_for_the_host() -> None:
         step(images, labels)
         scheduler.step()
     assert step.graph is not None
+    optimizer.param_groups[0]["momentum"] = 0.5
+    with pytest.raises(RuntimeError, match="only the learning rate may change"):
+        step(images, labels)  # a replay would use the captured momentum
+    optimizer.param_groups[0]["momentum"] = 0.9
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(20):

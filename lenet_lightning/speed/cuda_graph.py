@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from lenet_lightning.config.errors import UserError
 
+# What a captured SGD update keeps as it was at capture (the learning rate alone is read from a device tensor).
+FIXED_HYPERPARAMETERS = ("momentum", "dampening", "nesterov", "weight_decay", "maximize")
 # Eager steps before the capture: by then cuBLAS/cuDNN have their handles and workspaces and the optimizer its
 # momentum buffers, none of which may be created inside a capture (torch's CUDA-graph notes warm up the same way).
 WARM_UP_STEPS = 3
@@ -30,7 +32,8 @@ class CapturedTrainingStep:
     The update is ``optimizer``'s (torch.optim.SGD), switched to its fused kernel: the foreach one reads a
     tensor learning rate back to the host, which a capture refuses. The graph reads the learning rate from a
     device tensor, refilled from the param group's number before a replay whenever a scheduler changed it;
-    the param groups keep plain numbers, so schedulers and checkpoints see what they see in eager runs.
+    the param groups keep plain numbers, so schedulers and checkpoints see what they see in eager runs. The
+    other SGD hyperparameters stay as captured: a replay after one of them changed raises instead.
 
     The epoch's loss sum and correct count accumulate in device tensors that the graph writes into; read them
     once per epoch (:meth:`epoch_means`), not per step. torchmetrics cannot be captured here: its
@@ -55,16 +58,26 @@ class CapturedTrainingStep:
         self._graph_batch_size: int | None = None
         self._warm_up_steps_left = WARM_UP_STEPS
         self._static: tuple[Tensor, Tensor, Tensor] | None = None  # the graph's images, labels and mean loss
+        self._captured_hyperparameters: list[tuple[Any, ...]] = []
 
     def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
         """Train on one batch and return its mean loss (a device tensor: reading it waits for the step)."""
+        loss = self._train(images, labels)
         self.examples += len(labels)
+        return loss
+
+    def _train(self, images: Tensor, labels: Tensor) -> Tensor:
         if self._graph_batch_size is None:
             self._graph_batch_size = len(labels)
         if not images.is_cuda or len(labels) != self._graph_batch_size:
             return self._eager_step(images, labels)
         if self._static is not None:
             static_images, static_labels, static_loss = self._static
+            if self._fixed_hyperparameters() != self._captured_hyperparameters:
+                raise RuntimeError(
+                    "the optimizer's momentum, dampening, nesterov, weight decay or maximize changed after the "
+                    "training step was captured; only the learning rate may change"
+                )
             static_images.copy_(images)
             static_labels.copy_(labels)
             self._fill_learning_rates()
@@ -108,6 +121,9 @@ class CapturedTrainingStep:
         torch.cuda.current_stream().wait_stream(side)
         return loss
 
+    def _fixed_hyperparameters(self) -> list[tuple[Any, ...]]:
+        return [tuple(group[key] for key in FIXED_HYPERPARAMETERS) for group in self.optimizer.param_groups]
+
     def _fill_learning_rates(self) -> None:
         """Copy changed learning rates into the tensors the graph reads (a kernel launch each, no host sync)."""
         for index, group in enumerate(self.optimizer.param_groups):
@@ -131,6 +147,7 @@ class CapturedTrainingStep:
             for group, number in zip(groups, numbers, strict=True):
                 group["lr"] = number
         self.graph, self._static = graph, (static_images, static_labels, static_loss)
+        self._captured_hyperparameters = self._fixed_hyperparameters()
         graph.replay()  # a capture records the kernels without running them: this batch trains now
         return static_loss
 
@@ -155,6 +172,11 @@ def refuse_unsupported_cuda_graph(cfg: DictConfig) -> None:
         )
     if cfg.compile:
         raise UserError(f"cuda_graph=true already graphs the whole step; drop compile={cfg.compile}")
+    if cfg.scheduler.get("cycle_momentum"):
+        raise UserError(
+            "cuda_graph=true keeps the momentum it was captured with; use scheduler.cycle_momentum=false "
+            "(the learning rate may follow any schedule)"
+        )
     if str(trainer.get("precision", "32-true")) not in ("32-true", "32"):
         raise UserError(
             f"cuda_graph=true trains in float32; use trainer.precision=32-true instead of {trainer.precision}"
