@@ -22,6 +22,7 @@ from lenet_lightning.config.errors import UserError
 from lenet_lightning.model.classifier import LeNetClassifier
 from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.speed.cuda_graph import WARM_UP_STEPS, CapturedTrainingStep, refuse_unsupported_cuda_graph
+from lenet_lightning.training.checkpoints import TrainingInterrupted
 from lenet_lightning.training.run import build, fit
 from tests.conftest import REAL_DATA_DIR
 from tests.test_reliability_faults import fault
@@ -256,6 +257,21 @@ def test_a_graphed_run_stopped_by_sigterm_keeps_its_epochs_and_resumes(run_cli, 
     accumulator = EventAccumulator(str(run))
     accumulator.Reload()
     assert [event.step for event in accumulator.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+@pytest.mark.gpu
+def test_ctrl_c_stops_a_graphed_run_cleanly_and_keeps_its_checkpoint(make_config, tmp_path: Path) -> None:
+    """A real SIGINT to this process in epoch 2, as Ctrl-C sends: exit status 130, epoch 1's checkpoint kept."""
+    cfg = make_config("accelerator=gpu", "cuda_graph=true", "epochs=3", "dataset.batch_size=32", NO_FIGURES,
+                      *fault(2, 3, signal.SIGINT, tmp_path / "fired"))  # fmt: skip
+    previous_handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(TrainingInterrupted) as raised:
+            fit(cfg)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)  # Lightning ignores further Ctrl-C while shutting down
+    assert raised.value.exit_code == 130
+    assert torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
 
 @pytest.mark.gpu
