@@ -22,10 +22,9 @@ from lenet_lightning.config.errors import UserError
 from lenet_lightning.model.classifier import LeNetClassifier
 from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.speed.cuda_graph import WARM_UP_STEPS, CapturedTrainingStep, refuse_unsupported_cuda_graph
-from lenet_lightning.training.checkpoints import TrainingInterrupted
 from lenet_lightning.training.run import build, fit
 from tests.conftest import REAL_DATA_DIR
-from tests.test_reliability_faults import fault
+from tests.test_reliability_faults import fault, fit_until_ctrl_c
 
 NO_FIGURES = "~callbacks.error_analysis"  # rendering the figures costs seconds and is not what is tested here
 # Momentum, weight decay, batch norm and a per-step schedule: every piece of state a captured update must carry.
@@ -264,13 +263,7 @@ def test_ctrl_c_stops_a_graphed_run_cleanly_and_keeps_its_checkpoint(make_config
     """A real SIGINT to this process in epoch 2, as Ctrl-C sends: exit status 130, epoch 1's checkpoint kept."""
     cfg = make_config("accelerator=gpu", "cuda_graph=true", "epochs=3", "dataset.batch_size=32", NO_FIGURES,
                       *fault(2, 3, signal.SIGINT, tmp_path / "fired"))  # fmt: skip
-    previous_handler = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(TrainingInterrupted) as raised:
-            fit(cfg)
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)  # Lightning ignores further Ctrl-C while shutting down
-    assert raised.value.exit_code == 130
+    assert fit_until_ctrl_c(cfg).exit_code == 130
     assert torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
 

@@ -99,16 +99,22 @@ def test_sigterm_saves_flushes_exits_143_and_resumes(run_cli, make_config, tmp_p
     assert_same_as_unbroken(run, unbroken)
 
 
-def test_ctrl_c_stops_cleanly_with_exit_130_and_keeps_the_checkpoint(make_config, tmp_path: Path) -> None:
-    """A real SIGINT to this process, as Ctrl-C sends; Lightning's graceful shutdown, then our exit status."""
-    cfg = make_config(*RECIPE, *fault(2, 3, signal.SIGINT, tmp_path / "fired"))
+def fit_until_ctrl_c(cfg) -> TrainingInterrupted:
+    """Train ``cfg`` (which sends itself a SIGINT with :func:`fault`) and return how the run was interrupted."""
     previous_handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(TrainingInterrupted) as raised:
             fit(cfg)
     finally:
         signal.signal(signal.SIGINT, previous_handler)  # Lightning ignores further Ctrl-C while shutting down
-    assert raised.value.exit_code == 130 and "SIGINT" in str(raised.value)
+    return raised.value
+
+
+def test_ctrl_c_stops_cleanly_with_exit_130_and_keeps_the_checkpoint(make_config, tmp_path: Path) -> None:
+    """A real SIGINT to this process, as Ctrl-C sends; Lightning's graceful shutdown, then our exit status."""
+    cfg = make_config(*RECIPE, *fault(2, 3, signal.SIGINT, tmp_path / "fired"))
+    interrupted = fit_until_ctrl_c(cfg)
+    assert interrupted.exit_code == 130 and "SIGINT" in str(interrupted)
     assert torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
 
