@@ -5,6 +5,7 @@ Torch and Lightning are imported only once a checkpoint is evaluated, so ``--hel
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -12,10 +13,11 @@ from omegaconf import DictConfig
 
 from lenet_lightning.config.check import check_sweep_job
 from lenet_lightning.config.command import exit_bad_input, run_command
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.errors import UserError
 from lenet_lightning.inference.evaluate import EVAL_JSON, evaluate, report_lines
-from lenet_lightning.reporting.atomic_files import write_text_atomically
+from lenet_lightning.runs.atomic import write_text_atomically
+from lenet_lightning.runs.commands import TOOL_PATH_KEYS, hydra_safe_arguments
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Run from the command line: bad input is reported in one line with exit status 2, before any work."""
+    sys.argv[1:] = hydra_safe_arguments(sys.argv[1:], TOOL_PATH_KEYS)  # paths taken literally, as train does
     run_command(evaluate_checkpoint, "eval")
 
 

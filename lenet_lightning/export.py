@@ -13,12 +13,12 @@ from omegaconf import DictConfig
 
 from lenet_lightning.config.check import check_sweep_job
 from lenet_lightning.config.command import exit_bad_input, run_command
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.errors import EXIT_SOME_SKIPPED, UserError
 from lenet_lightning.inference.export import ExportCheckError, export
+from lenet_lightning.runs.commands import TOOL_PATH_KEYS, hydra_safe_arguments
 
 log = logging.getLogger(__name__)
-EXIT_CHECK_FAILED = 1
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
@@ -31,13 +31,14 @@ def export_checkpoint(cfg: DictConfig) -> None:
         exit_bad_input(error)
     except ExportCheckError as error:
         log.error("export check failed: %s", error)
-        sys.exit(EXIT_CHECK_FAILED)
+        sys.exit(EXIT_SOME_SKIPPED)
     for line in result.summary_lines():
         log.info(line)
 
 
 def main() -> None:
     """Run from the command line: bad input is reported in one line with exit status 2, before any work."""
+    sys.argv[1:] = hydra_safe_arguments(sys.argv[1:], TOOL_PATH_KEYS)  # paths taken literally, as train does
     run_command(export_checkpoint, "export")
 
 

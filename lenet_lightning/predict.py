@@ -14,12 +14,12 @@ from omegaconf import DictConfig, ListConfig
 
 from lenet_lightning.config.check import check_sweep_job
 from lenet_lightning.config.command import exit_bad_input, run_command
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.errors import EXIT_SOME_SKIPPED, UserError
 from lenet_lightning.inference.predict import TOP_K, predict, write_csv
+from lenet_lightning.runs.commands import TOOL_PATH_KEYS, hydra_safe_arguments
 
 log = logging.getLogger(__name__)
-EXIT_SKIPPED = 1
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
@@ -46,11 +46,12 @@ def classify(cfg: DictConfig) -> None:
         log.info("predictions written to %s", cfg.output)
     if failures:
         log.error("%d of %d files skipped (listed above)", len(failures), len(failures) + len(predictions))
-        sys.exit(EXIT_SKIPPED)
+        sys.exit(EXIT_SOME_SKIPPED)
 
 
 def main() -> None:
     """Run from the command line: bad input is reported in one line with exit status 2, before any work."""
+    sys.argv[1:] = hydra_safe_arguments(sys.argv[1:], TOOL_PATH_KEYS)  # paths taken literally, as train does
     run_command(classify, "predict")
 
 

@@ -18,22 +18,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lenet_lightning.config.check import check_sweep_job
-from lenet_lightning.config.command import NothingToDo, exit_bad_input, run_command
-from lenet_lightning.config.errors import UserError
+from lenet_lightning.config.command import exit_bad_input, run_command
 from lenet_lightning.config.location import CONFIG_DIR
-from lenet_lightning.reporting.records import write_result_json
+from lenet_lightning.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, NothingToDo, UserError
+from lenet_lightning.runs.commands import hydra_safe_arguments, override, train_command
+from lenet_lightning.runs.folder import hold_run_folder, release_run_folder
+from lenet_lightning.runs.layout import RESULT_FILE, RunStatus
+from lenet_lightning.runs.record import write_record
+from lenet_lightning.runs.resume import resume_arguments, start_checkpoint
 from lenet_lightning.training.launch_guard import ReexecutionInMultirunError
-from lenet_lightning.training.run_folder import (
-    hold_run_folder,
-    hydra_safe_arguments,
-    override,
-    release_run_folder,
-    start_checkpoint,
-    train_command,
-)
 
 log = logging.getLogger(__name__)
-EXIT_DIVERGED = 3
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -41,13 +36,13 @@ def train(cfg: DictConfig) -> float:
     """Train once and return the final test accuracy, the value Hydra sweepers optimise.
 
     A single run's config was checked and its folder claimed before Hydra wrote into it
-    (``training/run_folder.py``). In a sweep (``-m``) each job checks its own config here, and a failed
+    (``training/preflight.py``). In a sweep (``-m``) each job checks its own config here, and a failed
     or diverged job is recorded in its ``result.json`` and returns NaN, so the other jobs still run
     (``sys.exit`` here would end the whole sweep); a single run exits non-zero.
     """
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     output_dir = Path(cfg.output_dir)
-    if not sweeping:  # the folder was claimed, and is held, since PrepareRunFolder
+    if not sweeping:  # the folder was claimed, and is held, since PrepareRun
         return _train(cfg, output_dir, sweeping)
     try:
         hold_run_folder(output_dir)  # a job's folder is held while it trains, as a single run's is
@@ -65,11 +60,13 @@ def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> float:
     from lightning.pytorch.utilities import rank_zero_only
 
     from lenet_lightning.reporting.plots import save_run_curves
-    from lenet_lightning.training.checkpoints import TrainingInterrupted, check_checkpoint_fits
+    from lenet_lightning.runs.resume import check_checkpoint_fits
+    from lenet_lightning.training.interruptions import TrainingInterrupted
+    from lenet_lightning.training.preflight import check_run_rules
     from lenet_lightning.training.run import fit
 
     try:
-        check_sweep_job(cfg)
+        check_sweep_job(cfg, check_run_rules)
         start = start_checkpoint(cfg.ckpt_path, None, output_dir) if sweeping else None  # single runs: checked
         if start is not None:
             check_checkpoint_fits(start, cfg, override("ckpt_path", str(cfg.ckpt_path)))
@@ -77,7 +74,7 @@ def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> float:
     except ReexecutionInMultirunError as error:  # every job of the sweep would fail the same way: end it now
         exit_bad_input(error)
     except TrainingInterrupted as interruption:
-        write_record(output_dir, "interrupted", str(interruption))
+        write_record(output_dir, RunStatus.INTERRUPTED, str(interruption))
         log.warning(
             "%s: checkpoints/last.ckpt holds the last finished epoch; continue with %s",
             interruption,
@@ -85,39 +82,30 @@ def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> float:
         )
         sys.exit(interruption.exit_code)
     except NothingToDo as done:  # only in a sweep: a single run's checkpoint was checked before it started
-        write_record(output_dir, "no_epochs", str(done))
+        write_record(output_dir, RunStatus.NO_EPOCHS, str(done))
         return math.nan
     except Exception as error:
         if sweeping:
             return record_failure(output_dir, error)
         if isinstance(error, UserError):
-            write_record(output_dir, "failed", str(error))
+            write_record(output_dir, RunStatus.FAILED, str(error))
             exit_bad_input(error)
         raise
     if rank_zero_only.rank == 0:  # with the ddp strategy every process runs this function; one reports
         # A run that trained no epoch has no result: it never replaces the record of a run that has one.
-        if result.status != "no_epochs" or not (output_dir / "result.json").exists():
-            result.write_json(result.output_dir / "result.json")
-        if result.status != "no_epochs":
+        if result.status != RunStatus.NO_EPOCHS or not (output_dir / RESULT_FILE).exists():
+            result.write_json(result.output_dir / RESULT_FILE)
+        if result.status != RunStatus.NO_EPOCHS:
             save_run_curves(result.output_dir)
             for line in result.summary_lines():
                 log.info(line)
-        if result.status == "diverged":
+        if result.status == RunStatus.DIVERGED:
             log.error("error: training diverged: %s", result.reason or "the loss is not finite")
-    if not sweeping and result.status == "no_epochs":
+    if not sweeping and result.status == RunStatus.NO_EPOCHS:
         exit_bad_input(UserError(result.reason))
-    if result.status == "diverged" and not sweeping:
+    if result.status == RunStatus.DIVERGED and not sweeping:
         sys.exit(EXIT_DIVERGED)
     return result.test_acc
-
-
-def write_record(output_dir: Path, status: str, reason: str) -> None:
-    """``result.json`` of a run that ended without final metrics: its status and a one-line reason."""
-    record = {"status": status, "reason": reason.splitlines()[0] if reason else "", "output_dir": str(output_dir)}
-    try:
-        write_result_json(output_dir / "result.json", record)
-    except OSError as error:  # a full or read-only disk: the one-line report of the run matters more
-        log.warning("could not write %s: %s", output_dir / "result.json", error.strerror or error)
 
 
 def record_failure(output_dir: Path, error: Exception) -> float:
@@ -127,7 +115,7 @@ def record_failure(output_dir: Path, error: Exception) -> float:
     makes the sweep exit non-zero.
     """
     reason = f"{type(error).__name__}: {error}".splitlines()[0]
-    write_record(output_dir, "failed", reason)
+    write_record(output_dir, RunStatus.FAILED, reason)
     log.error("run failed: %s", reason)
     return math.nan
 
@@ -135,9 +123,14 @@ def record_failure(output_dir: Path, error: Exception) -> float:
 def cli() -> None:
     """Run from the command line: bad input is reported in one line with exit status 2, before any work.
 
-    ``resume=``, ``ckpt_path=`` and ``hydra.run.dir=`` take any file or folder name as typed (``hydra_safe_arguments``).
+    ``resume=``, ``ckpt_path=`` and ``hydra.run.dir=`` take any file or folder name as typed (``hydra_safe_arguments``);
+    ``resume=<folder>`` becomes that run's saved overrides before Hydra composes, so the config is composed once.
     """
-    sys.argv[1:] = hydra_safe_arguments(sys.argv[1:])
+    try:
+        sys.argv[1:] = resume_arguments(hydra_safe_arguments(sys.argv[1:]))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     run_command(train, "train")
 
 

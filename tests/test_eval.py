@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lenet_lightning.config.errors import UserError
+from lenet_lightning.errors import UserError
 from lenet_lightning.inference.checkpoint import load_checkpoint
 from lenet_lightning.inference.evaluate import evaluate
 from tests.conftest import TINY_TEST, run_module

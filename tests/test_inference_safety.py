@@ -18,12 +18,12 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.pictures import MAX_PIXELS, STYLES, load_images, pixel_limit
+from lenet_lightning.errors import UserError
 from lenet_lightning.inference.checkpoint import load_checkpoint
 from lenet_lightning.inference.export import ExportCheckError, export, largest_difference, within_tolerance
 from lenet_lightning.inference.outputs import check_output_file, check_output_folder, same_file
-from lenet_lightning.reporting.atomic_files import replaced_on_success
+from lenet_lightning.runs.atomic import replaced_on_success
 
 RunCli = Callable[..., subprocess.CompletedProcess]
 SIDE = 4096  # MAX_PIXELS is SIDE x SIDE

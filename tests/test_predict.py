@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.datamodule import DATASETS
 from lenet_lightning.data.pictures import STYLES, find_images, load_images, parse_invert, to_dataset_image
+from lenet_lightning.errors import UserError
 from lenet_lightning.inference.checkpoint import load_checkpoint
 from lenet_lightning.training.run import fit
 from tests.conftest import REAL_DATA_DIR, write_idx

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet_lightning.config.errors import UserError
-from lenet_lightning.training.checkpoints import AtomicCheckpointIO, load_checkpoint_safely
+from lenet_lightning.errors import UserError
+from lenet_lightning.runs.checkpoint_files import AtomicCheckpointIO, load_checkpoint_safely
 from lenet_lightning.training.run import fit
 from tests.conftest import REPO_ROOT
 
@@ -99,7 +99,7 @@ def test_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path: Path) -> 
 SAVE_FOREVER = textwrap.dedent(
     """
     import sys, torch
-    from lenet_lightning.training.checkpoints import AtomicCheckpointIO
+    from lenet_lightning.runs.checkpoint_files import AtomicCheckpointIO
     io, epoch = AtomicCheckpointIO(), 0
     while True:
         io.save_checkpoint({"state_dict": {"w": torch.full((2_000_000,), float(epoch))}, "epoch": epoch}, sys.argv[1])

@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lenet_lightning.training.checkpoints import TrainingInterrupted
+from lenet_lightning.runs.folder import reserve_run_folder
+from lenet_lightning.training.interruptions import TrainingInterrupted
 from lenet_lightning.training.run import fit
-from lenet_lightning.training.run_folder import reserve_run_folder
 from tests.conftest import CONFIG_DIR, cli_env
 
 # A recipe that learns the tiny data set in 4 epochs of 8 steps, so resumed and unbroken runs can be compared.

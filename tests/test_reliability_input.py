@@ -1,6 +1,6 @@
 """Bad input fails fast: one line on stderr, exit status 2, before any data is read or a run folder is made.
 
-A single training run's config is checked, and its folder claimed, by the ``PrepareRunFolder`` Hydra
+A single training run's config is checked, and its folder claimed, by the ``PrepareRun`` Hydra
 callback after Hydra composes the config and before it writes anything; the fast tests call it directly.
 """
 
@@ -12,9 +12,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, read_write
 
-from lenet_lightning.config.command import RunAgain, StopBeforeRun
-from lenet_lightning.config.errors import UserError
-from lenet_lightning.training.run_folder import PrepareRunFolder, merge_overrides
+from lenet_lightning.config.command import StopBeforeRun
+from lenet_lightning.errors import UserError
+from lenet_lightning.runs.resume import merge_overrides, resume_arguments
+from lenet_lightning.training.preflight import PrepareRun
 from tests.conftest import CONFIG_DIR
 
 ONE_LINE_LIMIT_S = 10
@@ -46,7 +47,7 @@ def composed(*overrides: str) -> DictConfig:
 def prepare(cfg: DictConfig) -> None:
     """What Hydra runs before a single run: the callback; what stops the command is raised as itself."""
     try:
-        PrepareRunFolder().on_run_start(config=cfg)
+        PrepareRun().on_run_start(config=cfg)
     except StopBeforeRun as stop:
         raise stop.reason from None
 
@@ -79,7 +80,7 @@ def test_a_run_folder_given_on_the_command_line_is_used_as_it_is(monkeypatch, tm
     assert not (tmp_path / "outputs").exists()
 
 
-def test_resume_runs_again_with_the_saved_overrides_in_the_saved_folder(tmp_path: Path) -> None:
+def test_resume_becomes_the_saved_overrides_in_the_saved_folder_before_composing(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / ".hydra").mkdir()
@@ -87,16 +88,13 @@ def test_resume_runs_again_with_the_saved_overrides_in_the_saved_folder(tmp_path
     (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {override}\n" for override in saved))
 
     given = [f"resume={run}", "epochs=3"]
-    with pytest.raises(RunAgain) as raised:
-        prepare(composed(*given))
-    again = raised.value
+    arguments = resume_arguments(["-cn", "train", *given])
     expected = ["model.activation=relu", "+trainer.gradient_clip_val=0.5", *given]
-    assert again.overrides == [*expected, f"hydra.run.dir='{run}'"]
-    assert again.arguments(["-cn", "train", *given]) == ["-cn", "train", *again.overrides]
+    assert arguments == ["-cn", "train", *expected, f"hydra.run.dir='{run}'"]
 
-    rerun = composed(*again.overrides)
-    prepare(rerun)  # the second composition has them all: it runs, in the saved folder
-    assert (rerun.model.activation, rerun.epochs, rerun.hydra.run.dir) == ("relu", 3, str(run))
+    cfg = composed(*arguments[2:])  # composed once, with them all: it runs, in the saved folder
+    prepare(cfg)
+    assert (cfg.model.activation, cfg.epochs, cfg.hydra.run.dir) == ("relu", 3, str(run))
 
 
 def test_merge_overrides_reads_keys_as_hydra_parses_them() -> None:

@@ -14,9 +14,10 @@ import pytest
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from lenet_lightning.config.errors import UserError
-from lenet_lightning.reporting.records import read_run, write_result_json
+from lenet_lightning.errors import UserError
+from lenet_lightning.reporting.records import read_run
 from lenet_lightning.reporting.sweep_summary import write_summary
+from lenet_lightning.runs.record import write_result_json
 from lenet_lightning.training.run import OutOfDisk, disk_error_in, fit
 from tests.conftest import TINY_TEST, TINY_TRAIN, run_module, write_tiny_dataset
 

@@ -24,22 +24,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, read_write
 from torchvision.datasets import MNIST, FashionMNIST
 
-from lenet_lightning.config.command import NothingToDo
-from lenet_lightning.config.errors import UserError
-from lenet_lightning.training.checkpoints import AtomicCheckpointIO, check_checkpoint_fits
-from lenet_lightning.training.run_folder import (
-    LAST_CHECKPOINT,
-    LOCK_FILE,
-    PrepareRunFolder,
-    claim_run_folder,
-    hold_run_folder,
-    hydra_safe_arguments,
-    merge_overrides,
-    override,
-    refuse_used_folder,
-    release_run_folder,
-    shell_word,
-)
+from lenet_lightning.errors import NothingToDo, UserError
+from lenet_lightning.runs.checkpoint_files import AtomicCheckpointIO
+from lenet_lightning.runs.commands import hydra_safe_arguments, override, shell_word
+from lenet_lightning.runs.folder import claim_run_folder, hold_run_folder, refuse_used_folder, release_run_folder
+from lenet_lightning.runs.layout import LAST_CHECKPOINT, LOCK_FILE
+from lenet_lightning.runs.resume import check_checkpoint_fits, merge_overrides
+from lenet_lightning.training.preflight import PrepareRun
 from tests.conftest import CONFIG_DIR, cli_env, run_module
 from tests.test_reliability_faults import NO_FIGURES, fault
 
@@ -307,7 +298,7 @@ def test_two_sweeps_started_in_the_same_second_get_folders_of_their_own(monkeypa
     for cfg in sweeps:  # the folder Hydra names both when they start in the same second
         with read_write(cfg.hydra):
             cfg.hydra.sweep.dir = "outputs/multirun/2024-01-01/12-00-00"
-        PrepareRunFolder().on_multirun_start(config=cfg)
+        PrepareRun().on_multirun_start(config=cfg)
     assert [cfg.hydra.sweep.dir for cfg in sweeps] == [f"outputs/multirun/2024-01-01/12-00-00{s}" for s in ("", "-1")]
     # Each job's config is composed again from the sweep's overrides: it names the claimed folder too.
     job = composed(*sweeps[1].hydra.overrides.hydra, "lr=0.1")

@@ -16,8 +16,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lenet_lightning.config import schema
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.explain import explain
+from lenet_lightning.errors import UserError
 from tests.conftest import CONFIG_DIR
 
 COMMANDS = ("train", "eval", "predict", "export")

@@ -27,8 +27,8 @@ from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from tensorboard.util import tensor_util
 from torchvision.datasets import MNIST
 
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.datamodule import MNISTDataModule, to_network_input
+from lenet_lightning.errors import UserError
 from lenet_lightning.inference.evaluate import evaluate, report_lines
 from lenet_lightning.model.classifier import LeNetClassifier
 from lenet_lightning.reporting.per_class_accuracy import PER_CLASS_TAG

@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.augment import shift_and_flip
+from lenet_lightning.errors import UserError
 from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.training.run import build, fit
 from tests.conftest import CONFIG_DIR, REAL_DATA_DIR, TINY_TEST

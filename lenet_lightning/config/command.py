@@ -18,12 +18,11 @@ from typing import Any, NoReturn, TypeVar, cast
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.explain import explain
+from lenet_lightning.errors import EXIT_BAD_INPUT, NothingToDo, UserError
 
 log = logging.getLogger(__name__)
 Hook = TypeVar("Hook", bound=Callable[..., None])
-EXIT_BAD_INPUT = 2  # bad input: the command line or a file it names; nothing was run
 BAD_INPUT = (
     UserError,
     ConfigCompositionException,
@@ -57,38 +56,11 @@ def stops_the_command(hook: Hook) -> Hook:
     return cast(Hook, checked_hook)
 
 
-class NothingToDo(Exception):
-    """Raised by a Hydra callback when the command would change nothing (resuming a run that has all its epochs).
-
-    Not an error: the run is as the command asks, so the message is printed and the command exits with 0,
-    and running the same command again (a job scheduler's retry) is harmless.
-    """
-
-
-class RunAgain(Exception):
-    """Raised by a Hydra callback before anything runs: run the command again with other overrides.
-
-    ``resume=<run folder>`` brings back the overrides that run was started with, which needs a new composition.
-    """
-
-    def __init__(self, given: list[str], overrides: list[str]) -> None:
-        super().__init__(f"run again with {overrides}")
-        self.given, self.overrides = given, overrides
-
-    def arguments(self, args: list[str]) -> list[str]:
-        """``args`` with the overrides given replaced by the new ones; Hydra's own flags stay as they were."""
-        return [arg for arg in args if arg not in self.given] + self.overrides
-
-
 def run_command(main: Callable[[], Any], command: str) -> None:
     """Run a ``@hydra.main`` function with ``sys.argv``; bad input ends it with one line and exit status 2."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # re-raise composition errors, explained below in one line
     try:
-        try:
-            _run(main)
-        except RunAgain as again:
-            sys.argv[1:] = again.arguments(sys.argv[1:])
-            _run(main)
+        _run(main)
     except NothingToDo as done:
         print(done)
     except BAD_INPUT as error:

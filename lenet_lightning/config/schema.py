@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet_lightning.config.errors import UserError
+from lenet_lightning.errors import UserError
 
 FLOAT32_MAX = 3.4028234663852886e38  # parameters are float32: a larger lr or weight decay overflows in the update
 SEED_MAX = 2**32 - 1  # the largest seed Lightning's seed_everything (numpy) accepts

@@ -21,7 +21,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from torchvision.datasets import MNIST
 
-from lenet_lightning.config.errors import UserError
+from lenet_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 10  # per network operation: a dead network fails in seconds, never hangs

@@ -19,8 +19,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.datamodule import to_network_input
+from lenet_lightning.errors import UserError
 
 SIZE = 28
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

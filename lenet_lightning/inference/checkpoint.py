@@ -17,16 +17,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.config.location import CONFIG_DIR
 from lenet_lightning.config.schema import DatasetConfig
 from lenet_lightning.data.datamodule import DATASETS, MNISTDataModule
+from lenet_lightning.errors import UserError
 from lenet_lightning.inference.outputs import FilesRead
 from lenet_lightning.model.classifier import LeNetClassifier
-from lenet_lightning.training.checkpoints import load_checkpoint_safely
+from lenet_lightning.runs.checkpoint_files import load_checkpoint_safely
+from lenet_lightning.runs.layout import RUN_CONFIG
 
 TRAIN_CONFIG = CONFIG_DIR / "train.yaml"
-RUN_CONFIG = Path(".hydra") / "config.yaml"
 CHECKPOINT_HINT = "pass ckpt_path=outputs/runs/<date>/<time>/checkpoints/last.ckpt (or the run folder)"
 
 
@@ -161,8 +161,8 @@ def load_checkpoint(ckpt_path: str | None) -> LoadedCheckpoint:
     try:
         module = LeNetClassifier(**checkpoint["hyper_parameters"])
         module.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as error:
-        reason = str(error).splitlines()[0]
+    except (TypeError, ValueError, RuntimeError, KeyError) as error:  # KeyError: an activation or layer it lacks
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path} does not hold a LeNetClassifier this project can rebuild ({reason})") from error
     refuse_non_finite(path, module.state_dict())
     module.eval()

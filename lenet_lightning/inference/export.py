@@ -19,9 +19,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from lenet_lightning.config.errors import UserError
+from lenet_lightning.errors import UserError
 from lenet_lightning.inference.outputs import check_output_file
-from lenet_lightning.reporting.atomic_files import replaced_on_success
+from lenet_lightning.runs.atomic import replaced_on_success
 
 if TYPE_CHECKING:
     from torch import Tensor, nn

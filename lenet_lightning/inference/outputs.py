@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from lenet_lightning.config.errors import UserError
+from lenet_lightning.errors import UserError
 
 # (what it is, the file), e.g. ("the checkpoint", Path("run/checkpoints/last.ckpt"))
 FilesRead = Iterable[tuple[str, Path]]

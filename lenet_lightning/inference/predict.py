@@ -11,9 +11,9 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from lenet_lightning.config.errors import UserError
+from lenet_lightning.errors import UserError
 from lenet_lightning.inference.outputs import check_output_file
-from lenet_lightning.reporting.atomic_files import write_text_atomically
+from lenet_lightning.runs.atomic import write_text_atomically
 
 TOP_K = 3
 CSV_COLUMNS = ("file", "prediction", "probability", "top3")

@@ -9,10 +9,8 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.augment import shift_and_flip
 from lenet_lightning.model.lenet import LeNet
-from lenet_lightning.speed.cuda_graph import CapturedTrainingStep
 
 # Learning-rate schedules by config name, with the argument that takes the run's length in optimizer steps:
 # each is stepped once per batch, over the whole run. The names users may give are checked by the config schema.
@@ -29,10 +27,8 @@ class LeNetClassifier(L.LightningModule):
     ``weights_only=True``. ``scheduler`` (``name`` plus keyword arguments of the torch scheduler) and
     ``augment`` (keyword arguments of :func:`shift_and_flip`, applied to training batches only) are off
     when absent. Metrics are logged against the epoch number (1..N) instead of the optimizer
-    step, so the curves line up with the recipe's plot.
-
-    ``cuda_graph=True`` trains with manual optimization through a :class:`CapturedTrainingStep` (the whole step
-    replayed as one CUDA graph on a GPU), whose device-side sums give ``train/loss`` and ``train/acc``.
+    step, so the curves line up with the recipe's plot. Speed options (fast CPU layers, memory format,
+    compile, the captured CUDA step) are applied to a built module from outside, by ``lenet_lightning.speed``.
     """
 
     def __init__(
@@ -43,22 +39,10 @@ class LeNetClassifier(L.LightningModule):
         class_names: list[str] | None = None,
         scheduler: dict[str, Any] | None = None,
         augment: dict[str, Any] | None = None,
-        compile_mode: str | None = None,
-        memory_format: str = "contiguous",
-        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["compile_mode", "memory_format", "cuda_graph"])  # how it ran, not what it is
-        self.automatic_optimization = not cuda_graph
-        self.captured_step: CapturedTrainingStep | None = None  # made in on_train_start when cuda_graph is set
+        self.save_hyperparameters()
         self.net = LeNet(**net, num_classes=num_classes)
-        if memory_format == "channels_last":
-            # In place, before any optimizer or strategy sees the parameters; moving to a device keeps the layout.
-            self.net.to(memory_format=torch.channels_last)
-        if compile_mode:
-            # In place: the network's forward and backward are compiled (CUDA graphs with "reduce-overhead"),
-            # while metric updates stay eager and the state_dict keeps its plain parameter names.
-            self.net.compile(mode=compile_mode)
         # Argument validation and NaN checks in the metrics cost a host sync per step; the inputs here
         # are our own logits and labels, so both are off.
         self.train_loss = MeanMetric(nan_strategy="disable")
@@ -78,18 +62,16 @@ class LeNetClassifier(L.LightningModule):
         features = self.net.classifier[:-1](self.net.features(images))
         return features, self.net.classifier[-1](features)
 
-    def on_train_start(self) -> None:
-        if not self.automatic_optimization:
-            # Here, after a resumed run's optimizer state is restored: restoring replaces the param groups.
-            self.captured_step = CapturedTrainingStep(self.net, self.optimizers().optimizer)
+    def augmented(self, images: Tensor) -> Tensor:
+        """Training images as the recipe's augmentation shifts and flips them (unchanged when it is off).
+
+        Applied in the training step rather than a batch hook: only training batches pass, already on their device.
+        """
+        return shift_and_flip(images, **self.hparams.augment) if self.hparams.augment else images
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
-        if self.hparams.augment:
-            # Here rather than in a batch hook: only training batches pass through, already on their device.
-            images = shift_and_flip(images, **self.hparams.augment)
-        if self.captured_step is not None:
-            return self._captured_training_step(images, labels)
+        images = self.augmented(images)
         logits = self.net(images)
         losses = F.cross_entropy(logits, labels, reduction="none")
         # Per-example losses: the epoch's loss is the mean over examples, as the recipe defines it, and no
@@ -98,26 +80,9 @@ class LeNetClassifier(L.LightningModule):
         self.train_acc.update(logits.detach(), labels)
         return losses.mean()
 
-    def _captured_training_step(self, images: Tensor, labels: Tensor) -> Tensor:
-        optimizer = self.optimizers()
-        # Lightning counts optimizer steps (the global step, which checkpoints and loggers read) around
-        # LightningOptimizer.step; this update runs inside the captured step, so it is counted the same way.
-        optimizer._on_before_step()
-        loss = self.captured_step(images, labels)
-        optimizer._on_after_step()
-        scheduler = self.lr_schedulers()  # configure_optimizers makes at most one
-        if scheduler is not None:
-            scheduler.step()  # the captured step copies the new learning rate to the device before its next replay
-        return loss
-
     def on_train_epoch_end(self) -> None:
-        if self.captured_step is not None:
-            loss, accuracy = self.captured_step.epoch_means()
-            self.log("train/loss", loss)
-            self.log("train/acc", accuracy)
-        else:
-            self.log("train/loss", self.train_loss)
-            self.log("train/acc", self.train_acc)
+        self.log("train/loss", self.train_loss)
+        self.log("train/acc", self.train_acc)
         self.log("step", float(self.current_epoch + 1))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> Tensor | None:
@@ -155,13 +120,7 @@ class LeNetClassifier(L.LightningModule):
         if name == "none":
             return optimizer
         scheduler_class, length_argument = SCHEDULERS[name]
-        steps = int(self.trainer.estimated_stepping_batches)
-        if name == "onecycle" and float(schedule["pct_start"] * steps) - 1 == 0:  # OneCycleLR would divide by it
-            raise UserError(
-                f"scheduler=onecycle cannot warm up over exactly one of this run's {steps} optimizer steps "
-                f"(scheduler.pct_start={schedule['pct_start']}); "
-                "change scheduler.pct_start, epochs or dataset.batch_size"
-            )
+        steps = int(self.trainer.estimated_stepping_batches)  # a one-step one-cycle warm-up is refused before the run
         schedule[length_argument] = steps
         scheduler = scheduler_class(optimizer, **schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lenet_lightning.config.errors import UserError
+from lenet_lightning.errors import UserError
+from lenet_lightning.model.classifier import LeNetClassifier
 
 # What a captured SGD update keeps as it was at capture (the learning rate alone is read from a device tensor).
 FIXED_HYPERPARAMETERS = ("momentum", "dampening", "nesterov", "weight_decay", "maximize")
@@ -150,6 +151,50 @@ class CapturedTrainingStep:
         self._captured_hyperparameters = self._fixed_hyperparameters()
         graph.replay()  # a capture records the kernels without running them: this batch trains now
         return static_loss
+
+
+class GraphedClassifier(LeNetClassifier):
+    """The recipe's LightningModule trained through a :class:`CapturedTrainingStep` (``cuda_graph=true``).
+
+    Manual optimization: each batch goes to the captured step, whose device-side sums give ``train/loss`` and
+    ``train/acc`` once per epoch. Evaluation, the optimizer, the schedule and checkpoints are the recipe's own, so
+    its checkpoints load as a plain :class:`LeNetClassifier` and resume either way.
+    """
+
+    def __init__(self, **hyper_parameters: Any) -> None:
+        super().__init__(**hyper_parameters)
+        self.automatic_optimization = False
+        self.captured_step: CapturedTrainingStep | None = None  # made in on_train_start
+
+    @classmethod
+    def of(cls, module: LeNetClassifier) -> "GraphedClassifier":
+        """The same network and hyper-parameters, trained through the captured step."""
+        graphed = cls(**module.hparams)
+        graphed.load_state_dict(module.state_dict())
+        return graphed
+
+    def on_train_start(self) -> None:
+        # Here, after a resumed run's optimizer state is restored: restoring replaces the param groups.
+        self.captured_step = CapturedTrainingStep(self.net, self.optimizers().optimizer)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        optimizer = self.optimizers()
+        # Lightning counts optimizer steps (the global step, which checkpoints and loggers read) around
+        # LightningOptimizer.step; this update runs inside the captured step, so it is counted the same way.
+        optimizer._on_before_step()
+        loss = self.captured_step(self.augmented(images), labels)
+        optimizer._on_after_step()
+        scheduler = self.lr_schedulers()  # configure_optimizers makes at most one
+        if scheduler is not None:
+            scheduler.step()  # the captured step copies the new learning rate to the device before its next replay
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        loss, accuracy = self.captured_step.epoch_means()
+        self.log("train/loss", loss)
+        self.log("train/acc", accuracy)
+        self.log("step", float(self.current_epoch + 1))
 
 
 def refuse_unsupported_cuda_graph(cfg: DictConfig) -> None:

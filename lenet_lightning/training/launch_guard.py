@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from lenet_lightning.config.errors import UserError
+from lenet_lightning.errors import UserError
 
 if TYPE_CHECKING:  # Lightning is imported only when a Trainer is checked, so the CLI starts fast
     import lightning as L

@@ -13,7 +13,7 @@ shell's for that signal (137 for SIGKILL).
 import lightning as L
 from torch.multiprocessing import ProcessExitedException
 
-from lenet_lightning.training.checkpoints import TrainingInterrupted
+from lenet_lightning.training.interruptions import TrainingInterrupted
 
 
 class TrainingProcessDied(TrainingInterrupted):

@@ -22,19 +22,22 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
-from lenet_lightning.config.errors import UserError
 from lenet_lightning.data.datamodule import MNISTDataModule
+from lenet_lightning.errors import UserError
 from lenet_lightning.model.classifier import LeNetClassifier
 from lenet_lightning.reporting.console import route_to_logging
-from lenet_lightning.reporting.records import RESULT_FILE, write_result_json
 from lenet_lightning.reporting.tensorboard_events import write_summaries
-from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
-from lenet_lightning.speed.cuda_graph import refuse_unsupported_cuda_graph
-from lenet_lightning.training.checkpoints import checkpoint_to_resume, interruption_of
+from lenet_lightning.runs.commands import override, train_command
+from lenet_lightning.runs.folder import check_writable
+from lenet_lightning.runs.layout import RESULT_FILE, RunStatus
+from lenet_lightning.runs.record import write_result_json
+from lenet_lightning.runs.resume import checkpoint_to_resume
+from lenet_lightning.speed.apply import with_speed_options
 from lenet_lightning.training.divergence import TrainingDiverged
+from lenet_lightning.training.interruptions import interruption_of
 from lenet_lightning.training.launch_guard import refuse_reexecution_in_multirun
+from lenet_lightning.training.preflight import check_run_rules
 from lenet_lightning.training.process_faults import process_death_of
-from lenet_lightning.training.run_folder import check_writable, override, train_command
 from lenet_lightning.training.throughput import THROUGHPUT_KEY
 
 log = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ class RunResult:
     ``reason`` says why when it is not ``completed``. Metrics that were never measured are NaN.
     """
 
-    status: str
+    status: RunStatus
     train_loss: float
     train_acc: float
     test_acc: float
@@ -74,7 +77,7 @@ class RunResult:
 
     def summary_lines(self) -> list[str]:
         folder = display_path(self.output_dir)
-        if self.status == "no_epochs":
+        if self.status == RunStatus.NO_EPOCHS:
             return [self.reason, f"run folder: {folder}"]
         return [
             f"loss {self.train_loss:.3f}, train acc {self.train_acc:.3f}, test acc {self.test_acc:.3f}",
@@ -107,12 +110,8 @@ def build(
         class_names=datamodule.classes,
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         augment=OmegaConf.to_container(cfg.augment, resolve=True),
-        compile_mode=cfg.compile,
-        memory_format=cfg.memory_format,
-        cuda_graph=cfg.cuda_graph,
     )
-    if cfg.fast_cpu_layers:  # faster CPU training kernels; GPUs, compilers and exporters see the stock ones
-        convert_to_fast_cpu_layers(module.net)
+    module = with_speed_options(module, cfg)
     # callbacks.<name>=null turns that callback off, as ~callbacks.<name> does.
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
     callbacks.append(RunReport(hparams_of(cfg)))
@@ -222,15 +221,6 @@ def out_of_disk(error: OSError, output_dir: Path) -> OutOfDisk:
     )
 
 
-def refuse_batch_norm_on_single_examples(cfg: DictConfig) -> None:
-    """Batch norm cannot train on a batch of one example (its variance is undefined): refuse it before any work."""
-    if cfg.model.batch_norm and cfg.dataset.batch_size < 2:
-        raise UserError(
-            f"dataset.batch_size={cfg.dataset.batch_size} cannot train a model with batch norm, which needs at least "
-            "2 examples per batch; use dataset.batch_size=2 or more, or model.batch_norm=false"
-        )
-
-
 def no_epoch_reason(trainer: L.Trainer) -> str:
     """Why a run that returned normally trained no epoch."""
     if trainer.current_epoch >= trainer.max_epochs:
@@ -246,14 +236,13 @@ def fit(cfg: DictConfig) -> RunResult:
 
     Bad input raises :class:`UserError` before any data is read; a diverged run returns status
     ``diverged``, a run that trained no epoch ``no_epochs``; SIGTERM or Ctrl-C raise
-    :class:`~lenet_lightning.training.checkpoints.TrainingInterrupted`; a disk that fills up while training
+    :class:`~lenet_lightning.training.interruptions.TrainingInterrupted`; a disk that fills up while training
     raises :class:`OutOfDisk` after recording the run as ``failed`` (when ``result.json`` still fits).
     With several processes the metrics are the synchronised ones of rank 0, also in the process that
     launched them (``ddp_spawn``).
     """
     route_to_logging()  # Lightning's lines and Python warnings through the run's logging config
-    refuse_batch_norm_on_single_examples(cfg)
-    refuse_unsupported_cuda_graph(cfg)
+    check_run_rules(cfg)  # the command checked them before its folder was made; tests and benchmarks call fit directly
     output_dir = Path(cfg.output_dir)
     ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), output_dir)
     check_writable(output_dir)
@@ -262,12 +251,12 @@ def fit(cfg: DictConfig) -> RunResult:
     datamodule.prepare_data()  # fail on missing or damaged data before the Trainer is even built
     datamodule, module, trainer = build(cfg, datamodule)
     refuse_reexecution_in_multirun(trainer)
-    status, reason = "completed", ""
+    status, reason = RunStatus.COMPLETED, ""
     try:
         with threads_quiet_about_the_disk():
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except TrainingDiverged as error:
-        status, reason = "diverged", str(error)
+        status, reason = RunStatus.DIVERGED, str(error)
     except BaseException as error:
         interruption = interruption_of(error, trainer) or process_death_of(error, trainer)
         if interruption is not None:
@@ -277,29 +266,30 @@ def fit(cfg: DictConfig) -> RunResult:
             raise
         failure = out_of_disk(disk_error, output_dir)
         if trainer.is_global_zero:
-            record_failure_if_room(result_of(trainer, "failed", str(failure), output_dir))
+            record_failure_if_room(result_of(trainer, RunStatus.FAILED, str(failure), output_dir))
         raise failure from None
-    if status == "completed":
+    if status == RunStatus.COMPLETED:
         status, reason = status_of_finished_fit(trainer)
     return result_of(trainer, status, reason, output_dir)
 
 
-def status_of_finished_fit(trainer: L.Trainer) -> tuple[str, str]:
+def status_of_finished_fit(trainer: L.Trainer) -> tuple[RunStatus, str]:
     """``completed``, unless no epoch ran or the last epoch's loss is not finite (with the divergence check off).
 
     Only a real non-finite training loss is divergence: a run that trained no epoch has no loss at all.
     """
     if "train/loss" not in trainer.callback_metrics:
-        return "no_epochs", no_epoch_reason(trainer)
+        return RunStatus.NO_EPOCHS, no_epoch_reason(trainer)
     loss = float(trainer.callback_metrics["train/loss"])
     if not math.isfinite(loss):
-        return "diverged", f"the training loss of epoch {trainer.current_epoch} is {loss}; lower the learning rate"
-    return "completed", ""
+        reason = f"the training loss of epoch {trainer.current_epoch} is {loss}; lower the learning rate"
+        return RunStatus.DIVERGED, reason
+    return RunStatus.COMPLETED, ""
 
 
-def result_of(trainer: L.Trainer, status: str, reason: str, output_dir: Path) -> RunResult:
+def result_of(trainer: L.Trainer, status: RunStatus, reason: str, output_dir: Path) -> RunResult:
     """The run's result as the Trainer left it; metrics only of runs that trained to an end (completed or diverged)."""
-    metrics = trainer.callback_metrics if status in ("completed", "diverged") else {}
+    metrics = trainer.callback_metrics if status.has_metrics else {}
     device = trainer.strategy.root_device
     return RunResult(
         status=status,

@@ -1,0 +1,29 @@
+"""TensorBoard's curves kept consistent with ``checkpoints/last.ckpt``, however the previous session ended."""
+
+import lightning as L
+
+from lenet_lightning.reporting.tensorboard_events import restart_at
+
+
+class LogsFollowCheckpoints(L.Callback):
+    """Keep TensorBoard's curves consistent with ``last.ckpt``, however the previous run ended.
+
+    At each epoch start the loggers are flushed, so a run killed with SIGKILL loses no epoch that its
+    checkpoint holds. On resume a TensorBoard "session start" marker at the first step to redo makes
+    TensorBoard drop anything the killed run logged past its checkpoint: one continuous curve, no
+    duplicate epoch.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None or not trainer.is_global_zero:  # other processes have no event file
+            return
+        first_step = trainer.current_epoch + 1  # metrics are logged against the 1-based epoch
+        for logger in trainer.loggers:
+            if isinstance(logger, L.pytorch.loggers.TensorBoardLogger):
+                restart_at(logger, first_step)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "flush"):
+                experiment.flush()

@@ -1,0 +1,173 @@
+"""Every check that can refuse a training command, run before Hydra makes a folder or writes a file.
+
+:class:`PrepareRun` is a Hydra callback (``hydra.callbacks`` of ``conf/train.yaml``). For a single run it checks
+the composed config against its schema and the rules that span several keys (:func:`check_run_rules`), checks
+the checkpoint the run starts from, then claims the run folder; for a sweep it checks every job's config the
+same way before the sweep folder is made. A refusal is one line and exit status 2, and leaves nothing behind.
+"""
+
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, read_write
+
+from lenet_lightning.config.command import stops_the_command
+from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.config.schema import check_config
+from lenet_lightning.data.datamodule import DATASETS
+from lenet_lightning.data.files import OFFICIAL_COUNTS, check_idx_file
+from lenet_lightning.errors import UserError
+from lenet_lightning.runs.commands import override, override_keys, parse_overrides, quoted, shell_word
+from lenet_lightning.runs.folder import (
+    check_writable,
+    claim_run_folder,
+    process_rank,
+    reserve_run_folder,
+)
+from lenet_lightning.runs.layout import LAST_CHECKPOINT, is_run_folder
+from lenet_lightning.runs.resume import check_checkpoint_fits, start_checkpoint
+from lenet_lightning.speed.cuda_graph import refuse_unsupported_cuda_graph
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def check_run_rules(cfg: DictConfig) -> None:
+    """The rules a schema cannot say, because they span several keys or need the training set's size."""
+    batch_size, batch_norm = int(cfg.dataset.batch_size), bool(cfg.model.batch_norm)
+    if batch_norm and batch_size < 2:
+        raise UserError(
+            f"dataset.batch_size={batch_size} cannot train a model with batch norm, which needs at least "
+            "2 examples per batch; use dataset.batch_size=2 or more, or model.batch_norm=false"
+        )
+    examples = training_examples(cfg)
+    val_size = int(cfg.dataset.val_size)
+    if val_size >= examples:
+        raise UserError(
+            f"dataset.val_size={val_size} leaves no training examples (the training set has {examples}); "
+            f"use a dataset.val_size below {examples}"
+        )
+    if batch_norm and (examples - val_size) % batch_size == 1:
+        raise UserError(
+            f"dataset.val_size={val_size} and dataset.batch_size={batch_size} leave a last training batch of one "
+            "example, on which batch norm cannot train; change either by one"
+        )
+    schedule = cfg.scheduler
+    if schedule.get("name") == "onecycle":
+        steps = math.ceil((examples - val_size) / batch_size) * int(cfg.trainer.max_epochs)
+        limit = cfg.trainer.get("limit_train_batches")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            steps = min(limit, steps // int(cfg.trainer.max_epochs)) * int(cfg.trainer.max_epochs)
+        if float(schedule.pct_start) * steps - 1 == 0:  # OneCycleLR would divide by zero
+            raise UserError(
+                f"scheduler=onecycle cannot warm up over exactly one of this run's {steps} optimizer steps "
+                f"(scheduler.pct_start={schedule.pct_start}); change scheduler.pct_start, epochs or dataset.batch_size"
+            )
+    refuse_unsupported_cuda_graph(cfg)
+
+
+def training_examples(cfg: DictConfig) -> int:
+    """The training set's size from its label file's header, or the official size when it is still to download."""
+    folder = DATASETS[cfg.dataset.name].__name__
+    labels = Path(cfg.dataset.data_dir) / folder / "raw" / "train-labels-idx1-ubyte"
+    return check_idx_file(labels, folder) if labels.is_file() else OFFICIAL_COUNTS["train"]
+
+
+def check_job(cfg: DictConfig) -> None:
+    """Everything decided from one job's composed config: its schema, then the rules across keys."""
+    check_config(cfg)
+    check_run_rules(cfg)
+
+
+class PrepareRun(Callback):
+    """Before a training run or sweep starts: check everything, then claim a folder of its own."""
+
+    @stops_the_command
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.resume == "":  # an unset shell variable, say: training afresh instead would hide the mistake
+            raise UserError("resume= names no run folder; give resume=outputs/runs/<date>/<time>")
+        run_dir = Path(config.hydra.run.dir)
+        if config.resume and Path(config.resume).resolve() != run_dir.resolve():
+            raise UserError(
+                f"{override('resume', config.resume)} must be given on the command line of the train command"
+            )
+        check_job(config)
+        start = start_checkpoint(config.ckpt_path, config.resume, run_dir)
+
+        def check_start() -> None:
+            if start is not None:
+                key = "resume" if config.resume else "ckpt_path"
+                check_checkpoint_fits(start, config, override(key, str(config[key])))
+
+        if process_rank() != 0:  # another process of a distributed run, whose rank 0 claims the folder
+            check_start()  # the same answer as rank 0's, so that no process waits for others that stopped
+            check_writable(run_dir)
+            return
+        if config.resume or "hydra.run.dir" in override_keys(list(config.hydra.overrides.hydra)):
+            in_folder = start is not None and start.resolve().is_relative_to(run_dir.resolve())
+            continues = bool(config.resume) or in_folder or (config.ckpt_path == "last" and is_run_folder(run_dir))
+            claim_run_folder(run_dir, continues_its_run=continues, check=check_start)
+            return
+        check_start()  # a checkpoint from elsewhere, checked before a folder is made for the run
+        folder = reserve_run_folder(run_dir)
+        try:
+            claim_run_folder(folder, continues_its_run=False, check=lambda: None)
+        except BaseException:
+            folder.rmdir()
+            raise
+        with read_write(config.hydra.run):
+            config.hydra.run.dir = str(folder)
+
+    @stops_the_command
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.resume:
+            raise UserError(
+                f"{override('resume', config.resume)} continues one run in its own folder and cannot be part of a "
+                "sweep (-m, hparams_search): drop -m, or sweep runs that each start from its checkpoint with "
+                f"{shell_word(override('ckpt_path', str(Path(config.resume) / LAST_CHECKPOINT)))}"
+            )
+        check_sweep_jobs(config)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if "hydra.sweep.dir" in override_keys(list(config.hydra.overrides.hydra)):
+            check_writable(sweep_dir.parent)  # named on the command line: the sweep may be run again into it
+            return
+        folder = reserve_run_folder(sweep_dir)  # two sweeps started in the same second get folders of their own
+        try:
+            check_writable(folder)
+        except UserError:
+            folder.rmdir()
+            raise
+        with read_write(config.hydra):
+            config.hydra.sweep.dir = str(folder)
+            # Each job's config is composed again from these overrides: they must name the folder too.
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(str(folder))}")
+
+
+def check_sweep_jobs(config: DictConfig) -> None:
+    """Compose and check each job of a grid sweep (``-m a=1,2``) before the sweep makes its folder.
+
+    Other sweepers choose their jobs as they go (Optuna): those check the sweep's own config here, and each job
+    checks itself as it starts.
+    """
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        check_job(config)
+        return
+    task = [str(item) for item in config.hydra.overrides.task]
+    batches = BasicSweeper.split_arguments(parse_overrides(task), max_batch_size=None)
+    for job in (job for batch in batches for job in batch):
+        try:
+            check_job(composed_job(config.hydra.job.config_name, list(job)))
+        except UserError as error:
+            raise UserError(f"sweep job {' '.join(job)}: {error}") from None
+
+
+def composed_job(config_name: str, overrides: list[str]) -> DictConfig:
+    """One sweep job's config, composed as Hydra will compose it (from ``conf/`` when Hydra is not running)."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=config_name, overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
