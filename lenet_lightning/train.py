@@ -42,13 +42,12 @@ def train(cfg: DictConfig) -> float:
     """
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     output_dir = Path(cfg.output_dir)
-    if not sweeping:  # the folder was claimed, and is held, since PrepareRun
-        return _train(cfg, output_dir, sweeping)
-    try:
-        hold_run_folder(output_dir)  # a job's folder is held while it trains, as a single run's is
-    except UserError as error:  # a resume of this job is running in it: leave its files alone
-        log.error("run skipped: %s", error)
-        return math.nan
+    if sweeping:  # a single run's folder was claimed, and is held, since PrepareRun
+        try:
+            hold_run_folder(output_dir)  # a job's folder is held while it trains, as a single run's is
+        except UserError as error:  # a resume of this job is running in it: leave its files alone
+            log.error("run skipped: %s", error)
+            return math.nan
     try:
         return _train(cfg, output_dir, sweeping)
     finally:
