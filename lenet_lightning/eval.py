@@ -3,6 +3,12 @@
 Torch and Lightning are imported only once a checkpoint is evaluated, so ``--help`` stays quick.
 """
 
+if __name__ == "__main__":  # before the imports below, which a Ctrl-C would otherwise end with a traceback
+    from lenet_lightning.errors import end_quietly_on_signals
+
+    end_quietly_on_signals("eval")
+
+
 import json
 import logging
 import sys

@@ -5,6 +5,12 @@ and checked, 1 the exported model's logits differ from PyTorch's (or are NaN; th
 input (one line on stderr, nothing written), such as an output that is a file the export reads.
 """
 
+if __name__ == "__main__":  # before the imports below, which a Ctrl-C would otherwise end with a traceback
+    from lenet_lightning.errors import end_quietly_on_signals
+
+    end_quietly_on_signals("export")
+
+
 import logging
 import sys
 

@@ -5,6 +5,12 @@ status: 0 every picture classified, 1 some skipped (unreadable or too large; the
 and written), 2 bad input (one line on stderr), nothing read or written.
 """
 
+if __name__ == "__main__":  # before the imports below, which a Ctrl-C would otherwise end with a traceback
+    from lenet_lightning.errors import end_quietly_on_signals
+
+    end_quietly_on_signals("predict")
+
+
 import logging
 import sys
 from pathlib import Path

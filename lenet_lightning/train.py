@@ -7,6 +7,13 @@ epoch), 3 training diverged, 143 stopped by SIGTERM, 130 stopped by Ctrl-C (the 
 kept in both).
 """
 
+if __name__ == "__main__":  # before the imports below, which a Ctrl-C would otherwise end with a traceback
+    from lenet_lightning.errors import end_quietly_on_signals
+
+    end_quietly_on_signals("train")
+
+
+import contextlib
 import logging
 import math
 import sys
@@ -20,10 +27,10 @@ from omegaconf import DictConfig
 from lenet_lightning.config.check import check_sweep_job
 from lenet_lightning.config.command import exit_bad_input, run_command
 from lenet_lightning.config.location import CONFIG_DIR
-from lenet_lightning.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, NothingToDo, UserError
+from lenet_lightning.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, Interrupted, NothingToDo, UserError
 from lenet_lightning.runs.commands import hydra_safe_arguments, override, train_command
-from lenet_lightning.runs.folder import hold_run_folder, release_run_folder
-from lenet_lightning.runs.layout import RESULT_FILE, RunStatus
+from lenet_lightning.runs.folder import claimed_run_folders, hold_run_folder, release_run_folder
+from lenet_lightning.runs.layout import RESULT_FILE, RunStatus, is_run_folder
 from lenet_lightning.runs.record import write_record
 from lenet_lightning.runs.resume import resume_arguments, start_checkpoint
 from lenet_lightning.training.launch_guard import ReexecutionInMultirunError
@@ -59,7 +66,7 @@ def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> float:
     from lightning.pytorch.utilities import rank_zero_only
 
     from lenet_lightning.reporting.plots import save_run_curves
-    from lenet_lightning.runs.resume import check_checkpoint_fits
+    from lenet_lightning.runs.checkpoint_fit import check_checkpoint_fits
     from lenet_lightning.training.interruptions import TrainingInterrupted
     from lenet_lightning.training.preflight import check_run_rules
     from lenet_lightning.training.run import fit
@@ -119,6 +126,24 @@ def record_failure(output_dir: Path, error: Exception) -> float:
     return math.nan
 
 
+def record_interruption(stop: Interrupted) -> str:
+    """A signal outside training: the run folder, if Hydra made one, says ``interrupted``; how to go on."""
+    advice = "; nothing was trained"
+    for folder in claimed_run_folders():
+        release_run_folder(folder)
+        if not folder.is_dir():
+            continue
+        if not is_run_folder(folder):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # claimed, but nothing written yet: leave nothing behind
+            continue
+        write_record(folder, RunStatus.INTERRUPTED, str(stop))
+        advice = (
+            f"; {folder / RESULT_FILE} says interrupted; continue with {train_command(override('resume', str(folder)))}"
+        )
+    return advice
+
+
 def cli() -> None:
     """Run from the command line: bad input is reported in one line with exit status 2, before any work.
 
@@ -130,7 +155,7 @@ def cli() -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    run_command(train, "train")
+    run_command(train, "train", on_interrupt=record_interruption)
 
 
 if __name__ == "__main__":

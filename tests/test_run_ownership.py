@@ -26,10 +26,11 @@ from torchvision.datasets import MNIST, FashionMNIST
 
 from lenet_lightning.errors import NothingToDo, UserError
 from lenet_lightning.runs.checkpoint_files import AtomicCheckpointIO
+from lenet_lightning.runs.checkpoint_fit import check_checkpoint_fits
 from lenet_lightning.runs.commands import hydra_safe_arguments, override, shell_word
 from lenet_lightning.runs.folder import claim_run_folder, hold_run_folder, refuse_used_folder, release_run_folder
 from lenet_lightning.runs.layout import LAST_CHECKPOINT, LOCK_FILE
-from lenet_lightning.runs.resume import check_checkpoint_fits, merge_overrides
+from lenet_lightning.runs.resume import merge_overrides
 from lenet_lightning.training.preflight import PrepareRun
 from tests.conftest import CONFIG_DIR, cli_env, run_module
 from tests.test_reliability_faults import NO_FIGURES, fault

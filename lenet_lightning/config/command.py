@@ -8,18 +8,21 @@ The schema check of a single run raises :class:`UserError` in a Hydra callback b
 logging is set up, so the line is printed. Inside a task :func:`exit_bad_input` logs it instead.
 """
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any, NoReturn, TypeVar, cast
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from lenet_lightning.config.explain import explain
-from lenet_lightning.errors import EXIT_BAD_INPUT, NothingToDo, UserError
+from lenet_lightning.errors import EXIT_BAD_INPUT, Interrupted, NothingToDo, UserError
 
 log = logging.getLogger(__name__)
 Hook = TypeVar("Hook", bound=Callable[..., None])
@@ -56,9 +59,20 @@ def stops_the_command(hook: Hook) -> Hook:
     return cast(Hook, checked_hook)
 
 
-def run_command(main: Callable[[], Any], command: str) -> None:
-    """Run a ``@hydra.main`` function with ``sys.argv``; bad input ends it with one line and exit status 2."""
+def run_command(
+    main: Callable[[], Any], command: str, on_interrupt: Callable[[Interrupted], str] | None = None
+) -> None:
+    """Run a ``@hydra.main`` function with ``sys.argv``; bad input ends it with one line and exit status 2.
+
+    A Ctrl-C or SIGTERM that lands outside training (while the config is composed, data is checked, or the
+    end-of-run figures are drawn) ends the command with one line and the shell's status for that signal (130,
+    143) instead of a traceback; ``on_interrupt`` records it first and says what to do next (training marks its
+    run ``interrupted`` and gives the command that continues it).
+    Inside ``Trainer.fit`` Lightning handles both signals itself (:func:`signals_handled_by_lightning`).
+    """
     os.environ["HYDRA_FULL_ERROR"] = "1"  # re-raise composition errors, explained below in one line
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is a KeyboardInterrupt from here on
     try:
         _run(main)
     except NothingToDo as done:
@@ -66,6 +80,39 @@ def run_command(main: Callable[[], Any], command: str) -> None:
     except BAD_INPUT as error:
         print(f"error: {explain(error, command)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except (KeyboardInterrupt, Interrupted) as caught:
+        stop = caught if isinstance(caught, Interrupted) else Interrupted(signal.SIGINT)
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C does not cut the record short
+            signal.signal(signum, signal.SIG_IGN)
+        advice = on_interrupt(stop) if on_interrupt is not None else ""
+        print(f"error: {command} {stop}{advice}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_lightning_handles_signals = False
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM outside training: raise, so the command ends as it does for Ctrl-C; inside it, Lightning stops."""
+    if not _lightning_handles_signals:
+        raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_handled_by_lightning() -> Iterator[None]:
+    """While ``Trainer.fit`` runs: Lightning stops the loops at the next batch and keeps the last checkpoint.
+
+    Lightning calls the SIGTERM handler it found (ours) after its own, so ours must not raise then; Ctrl-C is
+    Lightning's ``KeyboardInterrupt`` handling.
+    """
+    global _lightning_handles_signals
+    before, _lightning_handles_signals = _lightning_handles_signals, True
+    try:
+        yield
+    finally:
+        _lightning_handles_signals = before
 
 
 def _run(main: Callable[[], Any]) -> None:

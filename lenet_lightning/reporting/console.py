@@ -51,6 +51,8 @@ def quiet_dependency_noise() -> None:
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
     )
+    # Metrics are logged once per epoch, never per step, so Lightning's per-step logging interval does not apply.
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
     # Lightning advertises litlogger and litmodels on every run; the filter matches the advert lines only.
     logging.getLogger(LIGHTNING_RANK_ZERO_LOGGER).addFilter(is_not_advert)
 

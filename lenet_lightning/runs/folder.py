@@ -26,6 +26,7 @@ PROBE_BYTES = 2**20
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS")
 _held: set[Path] = set()  # lock files this process holds
+_claimed: list[Path] = []  # run folders this process held, in order: what an interruption must mark
 
 
 def reserve_run_folder(folder: Path) -> Path:
@@ -89,6 +90,8 @@ def hold_run_folder(folder: Path) -> None:
         try:
             if _try_lock(lock):
                 _held.add(lock)
+                if lock.parent not in _claimed:
+                    _claimed.append(lock.parent)
                 return
         except OSError as error:
             raise unwritable(folder, error) from None
@@ -127,6 +130,11 @@ def release_run_folder(folder: Path) -> None:
         _held.discard(lock)
         if _read_lock(lock) == _this_process().strip():
             lock.unlink(missing_ok=True)
+
+
+def claimed_run_folders() -> list[Path]:
+    """The run folders this process has held the lock of (and may still hold), in the order it took them."""
+    return list(_claimed)
 
 
 @atexit.register

@@ -1,10 +1,9 @@
-"""What a run continues from, and whether it can: the run's saved overrides, its checkpoint, and their agreement.
+"""What a run continues from: the run's saved overrides merged with the given ones, and its checkpoint file.
 
 ``resume=<run folder>`` becomes that run's saved overrides plus the ones given now before Hydra composes
 (:func:`resume_arguments`), so the command composes its config once and the resumed run's record says what it
-trains with. :func:`check_checkpoint_fits` then compares the config with the checkpoint's own hyper-parameters,
-the truth about what the weights are: a checkpoint of another data set, model, optimizer or schedule is refused
-in one line, as is a resume that would stretch a learning-rate schedule past the length it was built for.
+trains with; ``runs/checkpoint_fit.py`` then checks the checkpoint against that config. No torch here: the
+command line is read before anything heavy is imported.
 """
 
 import logging
@@ -12,13 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet_lightning.config.schema import shown
-from lenet_lightning.data.datamodule import DATASETS
-from lenet_lightning.errors import NothingToDo, UserError
-from lenet_lightning.runs.checkpoint_files import finished_epochs, load_checkpoint_safely
+from lenet_lightning.errors import UserError
 from lenet_lightning.runs.commands import override, override_keys, parse_overrides, quoted, shell_word
 from lenet_lightning.runs.layout import CHECKPOINT_DIR, LAST_CHECKPOINT, SAVED_OVERRIDES, is_run_folder
 
@@ -28,8 +24,6 @@ NOT_SAVED_ON_RESUME = ("resume", "ckpt_path", "hparams_search")  # how the saved
 FLAGS_WITH_VALUE = ("-c", "--cfg", "-p", "--package", "-i", "--info", "-cp", "--config-path", "-cn", "--config-name")
 FLAGS_WITH_VALUE += ("-cd", "--config-dir", "--experimental-rerun")
 MULTIRUN_FLAGS = ("-m", "--multirun")
-# Sections of the config a checkpoint's hyper-parameters also hold: what its weights were trained with.
-CHECKED_SECTIONS = ("model", "optimizer", "scheduler", "augment")
 
 
 def resume_arguments(arguments: list[str]) -> list[str]:
@@ -136,104 +130,3 @@ def start_checkpoint(ckpt_path: str | None, resume: str | None, output_dir: Path
         return None
     last = output_dir / LAST_CHECKPOINT
     return last if last.is_file() else None
-
-
-def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, output_dir: Path) -> Path | None:
-    """The checkpoint a run continues from, checked; ``None`` for a fresh start.
-
-    ``ckpt_path=<file>`` must name a loadable checkpoint. ``resume=<run folder>`` (the CLI runs in that
-    folder) and ``ckpt_path=last`` continue from ``<run folder>/checkpoints/last.ckpt``; when the run
-    stopped before its first checkpoint, they say so and start fresh.
-    """
-    if ckpt_path not in (None, "", "last"):
-        load_checkpoint_safely(ckpt_path)
-        return Path(ckpt_path)
-    if resume is None and ckpt_path != "last":
-        return None
-    last = output_dir / LAST_CHECKPOINT
-    if not last.exists():
-        log.warning("nothing to resume: no %s (the run stopped before its first epoch ended); starting fresh", last)
-        return None
-    load_checkpoint_safely(last)
-    log.info("resuming from %s", last)
-    return last
-
-
-def check_checkpoint_fits(path: Path, cfg: DictConfig, named: str) -> None:
-    """Refuse a checkpoint the config cannot continue, in one line; raise :class:`NothingToDo` if it is complete.
-
-    The checkpoint's own hyper-parameters say what it is. A model of another architecture would fail to load
-    with a traceback; one trained on the other data set would train on, on the wrong images; another optimizer
-    or schedule in the config would be recorded while training went on with the checkpoint's (Lightning
-    restores the optimizer and scheduler states). ``named`` is the override that named the checkpoint.
-    """
-    checkpoint = load_checkpoint_safely(path)
-    hyper_parameters = checkpoint.get("hyper_parameters") or {}
-    refuse_other_data(hyper_parameters.get("class_names"), cfg.dataset.name, named)
-    refuse_other_model(hyper_parameters.get("net"), OmegaConf.to_container(cfg.model, resolve=True), named)
-    for section in CHECKED_SECTIONS[1:]:
-        refuse_other_section(section, hyper_parameters.get(section), cfg, named)
-    done, wanted = finished_epochs(checkpoint), int(cfg.trainer.max_epochs)
-    refuse_stretched_schedule(checkpoint, done, wanted, named)
-    if done >= wanted:
-        progress = f"epoch {done} of {wanted}" if done == wanted else f"{done} epochs, more than the {wanted} asked for"
-        raise NothingToDo(f"{named}: already complete ({progress}); raise epochs= to continue")
-
-
-def refuse_other_section(section: str, saved: Any, cfg: DictConfig, named: str) -> None:
-    """One line when the config's optimizer, schedule or augmentation differs from what the checkpoint trained with."""
-    if not isinstance(saved, dict):
-        return  # a checkpoint made before the section was saved: nothing to compare
-    wanted = OmegaConf.to_container(cfg[section], resolve=True) or {}
-    saved = saved or {}
-    differing = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
-    if differing:
-        theirs = " ".join(f"{section}.{key}={shown(saved.get(key))}" for key in differing)
-        ours = " ".join(f"{section}.{key}={shown(wanted.get(key))}" for key in differing)
-        raise UserError(
-            f"{named}: the checkpoint trained with {theirs}, not {ours}; its optimizer and schedule states go on as "
-            f"saved, so give {theirs} to continue it (a resume cannot change them), or train a new run"
-        )
-
-
-def refuse_stretched_schedule(checkpoint: dict[str, Any], done: int, wanted: int, named: str) -> None:
-    """A learning-rate schedule is built for the run's length: continuing past it would crash (one-cycle) or climb."""
-    schedulers = checkpoint.get("lr_schedulers") or []
-    length = next((state.get("total_steps") or state.get("T_max") for state in schedulers if state), None)
-    steps = int(checkpoint.get("global_step", 0))
-    if not length or done < 1 or steps < 1:
-        return
-    planned = round(int(length) / (steps / done))
-    if wanted != planned:
-        raise UserError(
-            f"{named}: its learning-rate schedule was built for epochs={planned} and cannot be stretched to "
-            f"epochs={wanted}; give epochs={planned}, or train a new run with epochs={wanted}"
-        )
-
-
-def refuse_other_data(class_names: list[str] | None, dataset: str, named: str) -> None:
-    """One line when a checkpoint's classes are not those of ``dataset``, naming the data set it was trained on."""
-    if class_names is None or list(class_names) == list(DATASETS[dataset].classes):
-        return
-    trained_on = next((name for name, data in DATASETS.items() if list(data.classes) == list(class_names)), None)
-    if trained_on is None:
-        raise UserError(
-            f"{named}: the checkpoint classifies other classes ({', '.join(map(str, class_names[:3]))}, ...) than "
-            f"dataset={dataset}; start from a checkpoint of this data set"
-        )
-    raise UserError(
-        f"{named}: the checkpoint was trained on dataset={trained_on}, not {dataset}; give dataset={trained_on}"
-    )
-
-
-def refuse_other_model(net: dict[str, Any] | None, model: dict[str, Any], named: str) -> None:
-    """One line when a checkpoint's network differs from the config's ``model``, with the overrides that match it."""
-    if not isinstance(net, dict):
-        return
-    differing = sorted(key for key in net.keys() | model.keys() if net.get(key) != model.get(key))
-    if differing:
-        theirs = " ".join(f"model.{key}={shown(net.get(key))}" for key in differing)
-        ours = " ".join(f"model.{key}={shown(model.get(key))}" for key in differing)
-        raise UserError(
-            f"{named}: the checkpoint holds another model ({theirs}) than the config ({ours}); give {theirs}"
-        )

@@ -22,6 +22,7 @@ from lenet_lightning.config.schema import check_config
 from lenet_lightning.data.datamodule import DATASETS
 from lenet_lightning.data.files import OFFICIAL_COUNTS, check_idx_file
 from lenet_lightning.errors import UserError
+from lenet_lightning.runs.checkpoint_fit import check_checkpoint_fits
 from lenet_lightning.runs.commands import override, override_keys, parse_overrides, quoted, shell_word
 from lenet_lightning.runs.folder import (
     check_writable,
@@ -30,7 +31,7 @@ from lenet_lightning.runs.folder import (
     reserve_run_folder,
 )
 from lenet_lightning.runs.layout import LAST_CHECKPOINT, is_run_folder
-from lenet_lightning.runs.resume import check_checkpoint_fits, start_checkpoint
+from lenet_lightning.runs.resume import start_checkpoint
 from lenet_lightning.speed.cuda_graph import refuse_unsupported_cuda_graph
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"

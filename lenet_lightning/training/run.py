@@ -22,16 +22,17 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
+from lenet_lightning.config.command import signals_handled_by_lightning
 from lenet_lightning.data.datamodule import MNISTDataModule
 from lenet_lightning.errors import UserError
 from lenet_lightning.model.classifier import LeNetClassifier
 from lenet_lightning.reporting.console import route_to_logging
 from lenet_lightning.reporting.tensorboard_events import write_summaries
+from lenet_lightning.runs.checkpoint_fit import checkpoint_to_resume
 from lenet_lightning.runs.commands import override, train_command
 from lenet_lightning.runs.folder import check_writable
 from lenet_lightning.runs.layout import RESULT_FILE, RunStatus
 from lenet_lightning.runs.record import write_result_json
-from lenet_lightning.runs.resume import checkpoint_to_resume
 from lenet_lightning.speed.apply import with_speed_options
 from lenet_lightning.training.divergence import TrainingDiverged
 from lenet_lightning.training.interruptions import interruption_of
@@ -253,7 +254,7 @@ def fit(cfg: DictConfig) -> RunResult:
     refuse_reexecution_in_multirun(trainer)
     status, reason = RunStatus.COMPLETED, ""
     try:
-        with threads_quiet_about_the_disk():
+        with threads_quiet_about_the_disk(), signals_handled_by_lightning():
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except TrainingDiverged as error:
         status, reason = RunStatus.DIVERGED, str(error)
