@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar, cast
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet_lightning.config.explain import explain
+from lenet_lightning.config.explain import explain, explain_null_group
 from lenet_lightning.errors import EXIT_BAD_INPUT, Interrupted, NothingToDo, UserError
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,10 @@ def run_command(
     Inside ``Trainer.fit`` Lightning handles both signals itself (:func:`signals_handled_by_lightning`).
     """
     os.environ["HYDRA_FULL_ERROR"] = "1"  # re-raise composition errors, explained below in one line
+    for stream in (sys.stdout, sys.stderr):  # an ASCII terminal or C locale shows a non-ASCII path escaped
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+    logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks around the real error
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is a KeyboardInterrupt from here on
     try:
@@ -79,6 +83,11 @@ def run_command(
         print(done)
     except BAD_INPUT as error:
         print(f"error: {explain(error, command)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except ValueError as error:  # Hydra's report of group=null, which it raises before composing
+        if not str(error).startswith("Config group override must be"):
+            raise
+        print(f"error: {explain_null_group(sys.argv[1:], command)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except (KeyboardInterrupt, Interrupted) as caught:
         stop = caught if isinstance(caught, Interrupted) else Interrupted(signal.SIGINT)

@@ -41,6 +41,16 @@ def explain(error: Exception, command: str) -> str:
     return _first_line(error)
 
 
+def explain_null_group(arguments: list[str], command: str) -> str:
+    """``callbacks=null`` -> a config group cannot be null: how to turn its entries off instead."""
+    groups = sorted(path.name for path in CONFIG_DIR.iterdir() if path.is_dir() and path.name != "hydra")
+    nulled = [argument.split("=")[0] for argument in arguments if argument.split("=")[0] in groups]
+    group = nulled[0] if nulled else "a config group"
+    options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml")) if nulled else []
+    hint = f"; to turn one entry off give {group}.<name>=null" if group == "callbacks" else ""
+    return f"{group}=null: {group} is a config group and needs one of its options ({', '.join(options)}){hint}"
+
+
 def _explain_value(error: ValidationError, command: str) -> str:
     """``lr=abc`` -> lr=abc is not allowed: lr must be a number > 0 and <= 3.4e+38."""
     key = str(error.full_key)

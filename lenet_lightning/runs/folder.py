@@ -9,6 +9,7 @@ training, is refused. :func:`check_writable` writes a probe, so a read-only or f
 
 import atexit
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -70,10 +71,15 @@ def check_writable(folder: Path) -> None:
 
 
 def unwritable(folder: Path, error: OSError) -> UserError:
-    return UserError(
-        f"cannot write to the output folder {folder}: {error.strerror or error}; "
-        "free some space or choose another folder with hydra.run.dir=..."
-    )
+    """One line naming why ``folder`` cannot be written, with the fix for that cause (not "free some space" for all)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space or choose another folder with hydra.run.dir=..."
+    elif folder.is_symlink() and not folder.exists():
+        target = os.readlink(folder)
+        fix = f"it is a symbolic link to {target}, which does not exist: create that or choose another folder"
+    else:
+        fix = "make it writable or choose another folder with hydra.run.dir=..."
+    return UserError(f"cannot write to the output folder {folder}: {error.strerror or error}; {fix}")
 
 
 def hold_run_folder(folder: Path) -> None:

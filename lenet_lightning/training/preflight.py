@@ -78,6 +78,17 @@ def training_examples(cfg: DictConfig) -> int:
     return check_idx_file(labels, folder) if labels.is_file() else OFFICIAL_COUNTS["train"]
 
 
+def refuse_undecodable_name(folder: Path, key: str) -> None:
+    """A folder name the locale could not decode (non-ASCII under ``LANG=C``): TensorBoard cannot write there."""
+    try:
+        str(folder).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(
+            f"{key}={str(folder).encode('utf-8', 'backslashreplace').decode()} has characters this locale cannot "
+            "read (LANG/LC_ALL is ASCII); run with LANG=C.UTF-8, or give an ASCII folder name"
+        ) from None
+
+
 def check_job(cfg: DictConfig) -> None:
     """Everything decided from one job's composed config: its schema, then the rules across keys."""
     check_config(cfg)
@@ -97,6 +108,7 @@ class PrepareRun(Callback):
                 f"{override('resume', config.resume)} must be given on the command line of the train command"
             )
         check_job(config)
+        refuse_undecodable_name(run_dir, "hydra.run.dir")
         start = start_checkpoint(config.ckpt_path, config.resume, run_dir)
 
         def check_start() -> None:
@@ -133,6 +145,7 @@ class PrepareRun(Callback):
             )
         check_sweep_jobs(config)
         sweep_dir = Path(config.hydra.sweep.dir)
+        refuse_undecodable_name(sweep_dir, "hydra.sweep.dir")
         if "hydra.sweep.dir" in override_keys(list(config.hydra.overrides.hydra)):
             check_writable(sweep_dir.parent)  # named on the command line: the sweep may be run again into it
             return
