@@ -103,7 +103,8 @@ def make_config(tiny_data_dir: Path, tmp_path: Path) -> Callable[..., DictConfig
 
 def cli_env(data_dir: Path | None) -> dict[str, str]:
     """Environment for a CLI subprocess: this checkout's package first, offline data, no colour codes."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HYDRA_FULL_ERROR": "0"}
+    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]  # keep the rest
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "HYDRA_FULL_ERROR": "0"}
     if data_dir is not None:
         env["LENET_DATA_DIR"] = str(data_dir)
     return env

@@ -11,9 +11,12 @@ logging is set up, so the line is printed. Inside a task :func:`exit_bad_input` 
 import contextlib
 import functools
 import logging
+import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, NoReturn, TypeVar, cast
@@ -101,27 +104,60 @@ def run_command(
 
 
 _lightning_handles_signals = False
+_passed_on: list[int] | None = None  # while a ddp_spawn launcher waits: the signals passed on to its workers
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     """SIGTERM outside training: raise, so the command ends as it does for Ctrl-C; inside it, Lightning stops."""
-    if not _lightning_handles_signals:
-        raise Interrupted(signum)
+    if _passed_on is None:
+        if not _lightning_handles_signals:
+            raise Interrupted(signum)
+    elif _passed_on and not multiprocessing.active_children():
+        raise Interrupted(_passed_on[0])  # the workers have stopped: stop waiting for results they never send
+    else:
+        if not _passed_on:
+            threading.Thread(target=_wake_when_workers_end, daemon=True).start()
+        _passed_on.append(signum)
+        for worker in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
+
+
+def _wake_when_workers_end() -> None:
+    """Signal the launching process's main thread once its workers are gone.
+
+    A worker stopped by SIGTERM exits with status 0 (Lightning's ``SIGTERMException`` is a ``SystemExit``)
+    without sending results, so the launcher would wait for them for ever.
+    """
+    while multiprocessing.active_children():
+        time.sleep(0.1)
+    if _passed_on is not None:
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def signals_handled_by_lightning() -> Iterator[None]:
+def signals_handled_by_lightning(workers_are_child_processes: bool = False) -> Iterator[list[int]]:
     """While ``Trainer.fit`` runs: Lightning stops the loops at the next batch and keeps the last checkpoint.
 
     Lightning calls the SIGTERM handler it found (ours) after its own, so ours must not raise then; Ctrl-C is
-    Lightning's ``KeyboardInterrupt`` handling.
+    Lightning's ``KeyboardInterrupt`` handling. With ``ddp_spawn`` the launching process trains nothing and
+    Lightning handles no signal in it: a Ctrl-C or SIGTERM it gets (from a supervisor, ``kill``, ``timeout``)
+    is passed on to the training processes as SIGTERM, so they stop as Lightning stops on SIGTERM; the signals
+    passed on are yielded for the caller to report.
     """
-    global _lightning_handles_signals
+    global _lightning_handles_signals, _passed_on
     before, _lightning_handles_signals = _lightning_handles_signals, True
+    passed_on: list[int] = []
+    if workers_are_child_processes:
+        _passed_on = passed_on
+        previous_sigint = signal.signal(signal.SIGINT, _raise_interrupted)
     try:
-        yield
+        yield passed_on
     finally:
         _lightning_handles_signals = before
+        if workers_are_child_processes:
+            _passed_on = None
+            signal.signal(signal.SIGINT, previous_sigint)
 
 
 def _run(main: Callable[[], Any]) -> None:

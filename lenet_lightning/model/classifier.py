@@ -83,7 +83,11 @@ class LeNetClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss)
         self.log("train/acc", self.train_acc)
-        self.log("step", float(self.current_epoch + 1))
+        self.log_epoch_as_step()
+
+    def log_epoch_as_step(self, **options: Any) -> None:
+        """The curves' x-axis is the 1-based epoch, as in the recipe's plot; every process logs the same number."""
+        self.log("step", float(self.current_epoch + 1), sync_dist=True, **options)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> Tensor | None:
         """Loader 0 is the official test set (its logits are returned, as :meth:`test_step` does); loader 1, when
@@ -99,7 +103,7 @@ class LeNetClassifier(L.LightningModule):
             self.log("val/acc", self.val_acc, add_dataloader_idx=False)
         self.log("test/loss", self.test_loss, add_dataloader_idx=False)
         self.log("test/acc", self.test_acc, add_dataloader_idx=False)
-        self.log("step", float(self.current_epoch + 1), add_dataloader_idx=False)
+        self.log_epoch_as_step(add_dataloader_idx=False)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Returns the logits: callbacks read them in their batch-end hooks instead of running the net again."""

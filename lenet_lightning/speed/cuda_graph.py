@@ -194,7 +194,7 @@ class GraphedClassifier(LeNetClassifier):
         loss, accuracy = self.captured_step.epoch_means()
         self.log("train/loss", loss)
         self.log("train/acc", accuracy)
-        self.log("step", float(self.current_epoch + 1))
+        self.log_epoch_as_step()
 
 
 def refuse_unsupported_cuda_graph(cfg: DictConfig) -> None:

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
@@ -35,7 +36,7 @@ from lenet_lightning.runs.layout import RESULT_FILE, RunStatus
 from lenet_lightning.runs.record import write_result_json
 from lenet_lightning.speed.apply import with_speed_options
 from lenet_lightning.training.divergence import TrainingDiverged
-from lenet_lightning.training.interruptions import interruption_of
+from lenet_lightning.training.interruptions import TrainingInterrupted, interruption_of
 from lenet_lightning.training.launch_guard import refuse_reexecution_in_multirun
 from lenet_lightning.training.preflight import check_run_rules
 from lenet_lightning.training.process_faults import process_death_of
@@ -253,12 +254,17 @@ def fit(cfg: DictConfig) -> RunResult:
     datamodule, module, trainer = build(cfg, datamodule)
     refuse_reexecution_in_multirun(trainer)
     status, reason = RunStatus.COMPLETED, ""
+    announce_nodes(trainer)
+    spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+    passed_on: list[int] = []
     try:
-        with threads_quiet_about_the_disk(), signals_handled_by_lightning():
+        with threads_quiet_about_the_disk(), signals_handled_by_lightning(spawned) as passed_on:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except TrainingDiverged as error:
         status, reason = RunStatus.DIVERGED, str(error)
     except BaseException as error:
+        if passed_on:  # the workers stopped because this process passed a signal on to them
+            raise TrainingInterrupted(passed_on[0]) from None
         interruption = interruption_of(error, trainer) or process_death_of(error, trainer)
         if interruption is not None:
             raise interruption from None
@@ -269,9 +275,24 @@ def fit(cfg: DictConfig) -> RunResult:
         if trainer.is_global_zero:
             record_failure_if_room(result_of(trainer, RunStatus.FAILED, str(failure), output_dir))
         raise failure from None
+    if passed_on:
+        raise TrainingInterrupted(passed_on[0])
     if status == RunStatus.COMPLETED:
         status, reason = status_of_finished_fit(trainer)
     return result_of(trainer, status, reason, output_dir)
+
+
+def announce_nodes(trainer: L.Trainer) -> None:
+    """A run over several machines waits for all of them: say on the console what it waits for and where."""
+    if trainer.num_nodes > 1 and trainer.is_global_zero:
+        address = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT', '(a free port)')}"
+        log.info(
+            "waiting for %d nodes (%d processes in all) to join at %s; start the same command on every node "
+            "with its NODE_RANK (see docs/scaling-out.md)",
+            trainer.num_nodes,
+            trainer.world_size,
+            address,
+        )
 
 
 def status_of_finished_fit(trainer: L.Trainer) -> tuple[RunStatus, str]:
