@@ -1,6 +1,14 @@
 """predict on pictures: real test images saved as files, as the data set has them and as users would have them."""
 
 import csv
+import io
+import os
+import signal
+import socket
+import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +20,7 @@ from lenet_lightning.data.datamodule import DATASETS
 from lenet_lightning.data.pictures import STYLES, find_images, load_images, parse_invert, to_dataset_image
 from lenet_lightning.errors import UserError
 from lenet_lightning.inference.checkpoint import load_checkpoint
+from lenet_lightning.inference.predict import predict
 from lenet_lightning.training.run import fit
 from tests.conftest import REAL_DATA_DIR, write_idx
 
@@ -134,6 +143,85 @@ def test_unreadable_files_are_reported_and_the_rest_converted(tmp_path: Path) ->
     assert loaded.paths == [tmp_path / "blank.bmp"]
     assert loaded.images.shape == (1, 1, 28, 28)
     assert [path.name for path, _ in loaded.failures] == ["notes.jpg"]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def damaged_pngs(folder: Path) -> dict[str, str]:
+    """PNG files damaged as disks and transfers damage them, each with the reason it is skipped for."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.tri(28, dtype=np.uint8) * 255).save(buffer, "PNG")
+    good = buffer.getvalue()
+    (folder / "good.png").write_bytes(good)
+    header, data = good[8:33], good[41:-24]  # the signature and IHDR chunk; the IDAT chunk's data
+    # Image data split over two IDAT chunks, the second with a broken chunk type: Pillow raises SyntaxError on load.
+    broken = good[:8] + header + png_chunk(b"IDAT", data[:10]) + png_chunk(b"ID\0T", data[10:]) + good[-12:]
+    (folder / "broken_chunk.png").write_bytes(broken)
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    (folder / "notes.png").write_text("not a picture")
+    return {
+        "broken_chunk.png": "broken PNG file (chunk b'ID\\x00T')",
+        "truncated.png": "image file is truncated",
+        "notes.png": "cannot identify image file: not a format Pillow reads",
+    }
+
+
+@contextmanager
+def fails_if_blocked(seconds: int = 20) -> Iterator[None]:
+    """Turn a read that blocks (a pipe with no writer) into a test failure instead of a hung test run."""
+
+    def blocked(signum: int, frame: object) -> None:
+        raise TimeoutError(f"blocked for {seconds} s: a special file was read")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def special_files(folder: Path) -> Iterator[dict[Path, str]]:
+    """A named pipe and a socket with picture names in ``folder``, and /dev/zero: each with its refusal."""
+    os.mkfifo(folder / "pipe.png")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(folder / "socket.png"))
+        yield {
+            folder / "pipe.png": "is a named pipe, not a picture file",
+            folder / "socket.png": "is a socket, not a picture file",
+            Path("/dev/zero"): "is a character device, not a picture file",
+        }
+
+
+def test_each_damaged_picture_is_skipped_with_its_reason_and_the_good_one_converted(tmp_path: Path) -> None:
+    reasons = damaged_pngs(tmp_path)
+    loaded = load_images(find_images(str(tmp_path)), STYLES["mnist"])
+    assert loaded.paths == [tmp_path / "good.png"] and loaded.images.shape == (1, 1, 28, 28)
+    assert {path.name: reason for path, reason in loaded.failures} == reasons
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes and sockets as files are POSIX")
+def test_special_files_are_refused_by_what_they_are_and_never_read(tmp_path: Path) -> None:
+    with special_files(tmp_path) as refusals, fails_if_blocked():
+        assert find_images("/dev/zero") == [Path("/dev/zero")], "named as it is, not as a missing file"
+        assert find_images(str(tmp_path)) == [tmp_path / "pipe.png", tmp_path / "socket.png"], "listed, not dropped"
+        loaded = load_images([*find_images(str(tmp_path)), Path("/dev/zero")], STYLES["mnist"])
+    assert loaded.paths == [] and dict(loaded.failures) == refusals
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes and sockets as files are POSIX")
+def test_predict_classifies_the_good_pictures_among_damaged_and_special_files(
+    tiny_trained_run: Path, tmp_path: Path
+) -> None:
+    reasons = damaged_pngs(tmp_path)
+    with special_files(tmp_path) as refusals, fails_if_blocked():
+        predictions, failures = predict(str(tiny_trained_run), [str(tmp_path), "/dev/zero"], accelerator="cpu")
+    assert [prediction.file for prediction in predictions] == [tmp_path / "good.png"]
+    assert dict(failures) == refusals | {tmp_path / name: reason for name, reason in reasons.items()}
 
 
 def test_bad_inputs_and_invert_values_are_one_line_errors(tmp_path: Path) -> None:

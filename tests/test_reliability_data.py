@@ -2,6 +2,7 @@
 parallel runs sharing an empty data folder download once and both succeed."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from torchvision.datasets import MNIST
 
 from lenet_lightning.data.datamodule import MNISTDataModule
 from lenet_lightning.data.files import CorruptDataError, DataUnavailableError, ensure_dataset_files, find_problems
+from lenet_lightning.training.run import fit
 from tests.conftest import IDX_FILES, REPO_ROOT, write_idx, write_tiny_dataset
 
 OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
@@ -115,6 +117,55 @@ def test_header_with_unexpected_dimensions_is_refused_before_allocating(data_dir
         datamodule.setup("fit")
     assert str(path) in str(raised.value)
     assert not datamodule.splits
+
+
+def out_of_range_labels(raw: Path, split: str, label: int) -> Path:
+    """Set one label of a split to ``label``: the file keeps its header and size, only its contents are wrong."""
+    path = raw / f"{split}-labels-idx1-ubyte"
+    content = bytearray(path.read_bytes())
+    content[8 + 17] = label
+    path.write_bytes(bytes(content))
+    return path
+
+
+def no_examples(raw: Path, split: str) -> Path:
+    """Both files of a split with zero examples: header, size and image/label counts all agree."""
+    write_idx(raw / f"{split}-images-idx3-ubyte", np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(raw / f"{split}-labels-idx1-ubyte", np.zeros(0, dtype=np.uint8))
+    return raw / f"{split}-images-idx3-ubyte"
+
+
+CONTENT_DAMAGE = {
+    "train label 10": (
+        lambda raw: out_of_range_labels(raw, "train", 10),
+        "label 10 at example 17 (1 of 512 labels outside 0 to 9",
+    ),
+    "test label 255": (lambda raw: out_of_range_labels(raw, "t10k", 255), "label 255 at example 17 (1 of 128"),
+    "no training examples": (lambda raw: no_examples(raw, "train"), "holds no examples"),
+    "no test examples": (lambda raw: no_examples(raw, "t10k"), "holds no examples"),
+}
+
+
+@pytest.mark.parametrize("damage", CONTENT_DAMAGE)
+def test_files_with_sound_headers_but_bad_contents_are_refused_in_one_line(data_dir: Path, damage: str) -> None:
+    """A label the loss cannot take or an empty split: refused with the file's path, not a traceback mid-training."""
+    damage_files, expected = CONTENT_DAMAGE[damage]
+    path = damage_files(data_dir / "MNIST" / "raw")
+    with pytest.raises(CorruptDataError, match=re.escape(expected)) as raised:
+        MNISTDataModule(data_dir=str(data_dir), download=False).setup("test")  # what eval runs before testing
+    assert str(path) in str(raised.value)
+    with pytest.raises(CorruptDataError) as raised:
+        ensure_dataset_files(MNIST, data_dir, fetch=failing_fetch)
+    message = str(raised.value)
+    assert "\n" not in message and str(path) in message and "delete it to download it again" in message
+
+
+def test_a_bad_label_stops_training_before_the_trainer_is_built(data_dir: Path, make_config, tmp_path: Path) -> None:
+    path = out_of_range_labels(data_dir / "MNIST" / "raw", "train", 255)
+    cfg = make_config("accelerator=cpu", "dataset.download=false", data_dir=data_dir, output_dir=tmp_path / "run")
+    with pytest.raises(CorruptDataError, match=re.escape(f"{path} holds label 255 at example 17")):
+        fit(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 RACE_SCRIPT = textwrap.dedent(

@@ -3,7 +3,8 @@
 torchvision only checks that the files exist, so a truncated file fails later with a reshape error, and
 its download writes straight into the data folder, so two runs downloading at once can leave a torn
 file. Here every file's header is checked against the expected shape before anything is allocated, its
-size against its header, and files with the official example counts against their published md5. A
+size against its header, a label file's labels against the number of classes (torchvision and the loss
+would take any byte), and files with the official example counts against their published md5. A
 download happens under a file lock, into a staging folder, and each verified file is renamed into
 place, so other processes see a file either complete or not at all. torchvision still does the
 download itself (it md5-checks the archives).
@@ -18,6 +19,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from filelock import FileLock, Timeout
 from torchvision.datasets import MNIST
 
@@ -28,6 +30,7 @@ DOWNLOAD_TIMEOUT_S = 10  # per network operation: a dead network fails in second
 LOCK_TIMEOUT_S = 600  # another process's download of ~55 MB
 IMAGE_SHAPE = (28, 28)
 OFFICIAL_COUNTS = {"train": 60_000, "t10k": 10_000}
+NUM_CLASSES = 10  # both data sets
 IDX_UBYTE = 0x08
 
 # md5 of the uncompressed official files (torchvision lists only the archives' md5s).
@@ -64,10 +67,10 @@ def expected_names(dataset_class: type[MNIST]) -> list[str]:
 
 
 def check_idx_file(path: Path, dataset_folder: str) -> int:
-    """Check one IDX file's header, size and (for official-size files) md5; return its example count.
+    """Check one IDX file's header, size, example count, labels and (for official-size files) md5; return the count.
 
     The header is read on its own first, so a file claiming absurd dimensions is refused before any
-    memory is allocated for it.
+    memory is allocated for it. A label file is read whole (one byte per example) for its largest label.
     """
     name = path.name
     split = name.split("-")[0]
@@ -99,6 +102,16 @@ def check_idx_file(path: Path, dataset_folder: str) -> int:
             f"{path} is {'truncated' if size < expected_size else 'too long'}: "
             f"{size} bytes, its header needs {expected_size}"
         )
+    if count == 0:
+        raise CorruptDataError(f"{path} holds no examples (its header says 0)")
+    if not is_images:
+        labels = np.fromfile(path, dtype=np.uint8, offset=4 + 4 * expected_ndim)
+        largest = int(labels.max())
+        if largest >= NUM_CLASSES:
+            raise CorruptDataError(
+                f"{path} holds label {largest} at example {int(labels.argmax())} "
+                f"({int((labels >= NUM_CLASSES).sum())} of {count} labels outside 0 to {NUM_CLASSES - 1}, the classes)"
+            )
     known = KNOWN_MD5.get(dataset_folder, {}).get(name)
     if known and count == limit:
         stamp = (str(path.resolve()), size, path.stat().st_mtime_ns)

@@ -5,14 +5,19 @@ into a fixed box: MNIST digits fit a 20 x 20 box centred by their centre of mass
 Fashion-MNIST products have their longest side scaled to 28 and are centred. Pictures of any size and
 colour mode are brought into the same form, so a photo of a digit on white paper is classified like a
 test image. Pictures larger than :data:`MAX_PIXELS` are refused from their header, before they are decoded.
+A picture that cannot be decoded is skipped with its reason, so one bad file never stops the others; special
+files (pipes, devices, sockets) are named for what they are and never read, since reading a pipe can block.
 """
 
 import math
+import os
+import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -31,6 +36,18 @@ BRIGHT_BACKGROUND = 128  # a border brighter than this (0..255) means dark conte
 # the picture, the worst case); a 10000 x 10000 PNG of 122 KB would take 2.3 GB, so it is refused unread.
 MAX_PIXELS = 4096 * 4096
 TOO_LARGE = f"larger than {MAX_PIXELS:,} pixels (4096 x 4096), the most predict reads; scale it down first"
+SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+# What Pillow's own readers raise for damaged files; anything else is named with its type (see why_unreadable).
+DECODING_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+
+
+class NotAPictureFile(Exception):
+    """The path names something other than a regular file: a pipe, a device, a socket."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +93,38 @@ def find_images(inputs: str | Sequence[str]) -> list[Path]:
     for entry in entries:
         path = Path(entry).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            # Pipes and devices with a picture's name are listed too, so they are reported rather than dropped.
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             if not found:
                 raise UserError(f"no {', '.join(IMAGE_SUFFIXES)} files in folder {path}")
             paths.extend(found)
-        elif path.is_file():
+        elif path.exists():  # a special file too: load_images refuses it by what it is
             paths.append(path)
         else:
             raise UserError(f"no such file or folder: {path}")
     return paths
+
+
+def open_picture_file(path: Path) -> BinaryIO:
+    """Open a regular file for reading; raise :class:`NotAPictureFile` naming anything else, without reading it.
+
+    Opened non-blocking, so a file swapped for a pipe after the check reads as empty instead of waiting for a writer.
+    """
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = next((kind for is_kind, kind in SPECIAL_FILES if is_kind(mode)), "a special file")
+        raise NotAPictureFile(f"is {kind}, not a picture file")
+    return open(path, "rb", opener=lambda name, flags: os.open(name, flags | getattr(os, "O_NONBLOCK", 0)))
+
+
+def why_unreadable(error: Exception) -> str:
+    """The first line of a decoding error, with its type when Pillow raised something other than its usual ones."""
+    if isinstance(error, UnidentifiedImageError):
+        return "cannot identify image file: not a format Pillow reads"  # Pillow's own line names the file object
+    message = str(error).splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, DECODING_ERRORS) and message:
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def flatten_transparency(image: Image.Image) -> Image.Image:
@@ -171,17 +211,24 @@ def pixel_limit(limit: int) -> Iterator[None]:
 
 
 def load_images(paths: Sequence[Path], style: ImageStyle, invert: bool | None = None) -> LoadedImages:
-    """Read and convert each picture; unreadable and oversized files are listed in ``failures`` and skipped."""
+    """Read and convert each picture; special, unreadable and oversized files are listed in ``failures`` and skipped.
+
+    Any error while one picture is decoded skips that picture only: Pillow's readers raise SyntaxError, EOFError,
+    struct.error and more for damaged files, and a batch of good pictures should not be lost to one of them.
+    """
     arrays, loaded, failures = [], [], []
     for path in paths:
         try:
-            with pixel_limit(MAX_PIXELS), Image.open(path) as image:
+            with open_picture_file(path) as file, pixel_limit(MAX_PIXELS), Image.open(file) as image:
                 arrays.append(to_dataset_image(image, style, invert))
+        except NotAPictureFile as refusal:
+            failures.append((path, str(refusal)))
+            continue
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             failures.append((path, TOO_LARGE))
             continue
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            failures.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
+        except Exception as error:  # whatever one damaged picture raises must not stop the others
+            failures.append((path, why_unreadable(error)))
             continue
         loaded.append(path)
     images = to_network_input(torch.from_numpy(np.stack(arrays))) if arrays else torch.empty(0, 1, SIZE, SIZE)
