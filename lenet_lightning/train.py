@@ -22,7 +22,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from lenet_lightning.config.check import check_sweep_job
 from lenet_lightning.config.command import exit_bad_input, run_command
@@ -33,6 +33,7 @@ from lenet_lightning.runs.folder import claimed_run_folders, hold_run_folder, re
 from lenet_lightning.runs.layout import RESULT_FILE, RunStatus, is_run_folder
 from lenet_lightning.runs.record import write_record
 from lenet_lightning.runs.resume import resume_arguments, start_checkpoint
+from lenet_lightning.runs.sweep_folder import completed_earlier, sweep_job_start
 from lenet_lightning.training.launch_guard import ReexecutionInMultirunError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ def train(cfg: DictConfig) -> float:
         except UserError as error:  # a resume of this job is running in it: leave its files alone
             log.error("run skipped: %s", error)
             return math.nan
+        earlier = completed_earlier_job(output_dir)
+        if earlier is not None:
+            release_run_folder(output_dir)
+            return earlier
     try:
         return _train(cfg, output_dir, sweeping)
     finally:
@@ -66,17 +71,19 @@ def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> float:
     from lightning.pytorch.utilities import rank_zero_only
 
     from lenet_lightning.reporting.plots import save_run_curves
-    from lenet_lightning.runs.checkpoint_fit import check_checkpoint_fits
+    from lenet_lightning.runs.checkpoint_fit import check_checkpoint_fits, end_left_to_finish
     from lenet_lightning.training.interruptions import TrainingInterrupted
     from lenet_lightning.training.preflight import check_run_rules
-    from lenet_lightning.training.run import fit
+    from lenet_lightning.training.run import finish, fit
 
     try:
         check_sweep_job(cfg, check_run_rules)
-        start = start_checkpoint(cfg.ckpt_path, None, output_dir) if sweeping else None  # single runs: checked
-        if start is not None:
-            check_checkpoint_fits(start, cfg, override("ckpt_path", str(cfg.ckpt_path)))
-        result = fit(cfg)
+        if sweeping:  # a single run's checkpoint was checked before its folder was claimed
+            start = sweep_job_checkpoint(cfg, output_dir)
+            if start is not None:
+                check_checkpoint_fits(start, cfg, override("ckpt_path", str(cfg.ckpt_path)), output_dir)
+        start = start_checkpoint(cfg.ckpt_path, cfg.get("resume"), output_dir)
+        result = finish(cfg) if end_left_to_finish(start, cfg, output_dir) else fit(cfg)
     except ReexecutionInMultirunError as error:  # every job of the sweep would fail the same way: end it now
         exit_bad_input(error)
     except TrainingInterrupted as interruption:
@@ -112,6 +119,29 @@ def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> float:
     if result.status == RunStatus.DIVERGED and not sweeping:
         sys.exit(EXIT_DIVERGED)
     return result.test_acc
+
+
+def completed_earlier_job(output_dir: Path) -> float | None:
+    """A sweep job whose folder holds its run, completed by an earlier sweep: skipped, with that run's test acc."""
+    test_acc = completed_earlier(output_dir)
+    if test_acc is not None:
+        log.info(
+            "run skipped: %s holds this job's completed run (test acc %.3f); delete it to train again",
+            output_dir,
+            test_acc,
+        )
+    return test_acc
+
+
+def sweep_job_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
+    """What a sweep job starts from: its own interrupted run's checkpoint, which it continues, else ``ckpt_path``."""
+    own = sweep_job_start(output_dir)
+    if own is None:
+        return start_checkpoint(cfg.ckpt_path, None, output_dir)
+    log.info("continuing this job's interrupted run from %s", own)
+    with open_dict(cfg):
+        cfg.ckpt_path = "last"
+    return own
 
 
 def record_failure(output_dir: Path, error: Exception) -> float:

@@ -16,7 +16,8 @@ from lenet_lightning.config.schema import shown
 from lenet_lightning.data.datamodule import DATASETS
 from lenet_lightning.errors import NothingToDo, UserError
 from lenet_lightning.runs.checkpoint_files import finished_epochs, load_checkpoint_safely
-from lenet_lightning.runs.layout import LAST_CHECKPOINT
+from lenet_lightning.runs.layout import LAST_CHECKPOINT, RESULT_FILE
+from lenet_lightning.runs.record import ended_with_metrics
 
 log = logging.getLogger(__name__)
 # Sections of the config a checkpoint's hyper-parameters also hold: what its weights were trained with.
@@ -44,8 +45,11 @@ def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, output_dir: 
     return last
 
 
-def check_checkpoint_fits(path: Path, cfg: DictConfig, named: str) -> None:
+def check_checkpoint_fits(path: Path, cfg: DictConfig, named: str, run_dir: Path | None = None) -> None:
     """Refuse a checkpoint the config cannot continue, in one line; raise :class:`NothingToDo` if it is complete.
+
+    Complete means all its epochs and, for the run folder's own checkpoint (``run_dir``), a ``result.json`` that
+    says the run ended: one killed after its last checkpoint, or stopped in its end-of-run analysis, is finished.
 
     The checkpoint's own hyper-parameters say what it is. A model of another architecture would fail to load
     with a traceback; one trained on the other data set would train on, on the wrong images; another optimizer
@@ -60,9 +64,25 @@ def check_checkpoint_fits(path: Path, cfg: DictConfig, named: str) -> None:
         refuse_other_section(section, hyper_parameters.get(section), cfg, named)
     done, wanted = finished_epochs(checkpoint), int(cfg.trainer.max_epochs)
     refuse_stretched_schedule(checkpoint, done, wanted, named)
-    if done >= wanted:
+    if done >= wanted and not (done == wanted and run_dir is not None and end_unrecorded(path, run_dir)):
         progress = f"epoch {done} of {wanted}" if done == wanted else f"{done} epochs, more than the {wanted} asked for"
         raise NothingToDo(f"{named}: already complete ({progress}); raise epochs= to continue")
+
+
+def end_unrecorded(path: Path, run_dir: Path) -> bool:
+    """Whether ``path`` is ``run_dir``'s own checkpoint and its ``result.json`` does not say the run ended."""
+    return path.resolve() == (run_dir / LAST_CHECKPOINT).resolve() and not ended_with_metrics(run_dir / RESULT_FILE)
+
+
+def end_left_to_finish(path: Path | None, cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether the run trained every epoch into its own checkpoint but was stopped before its end was recorded.
+
+    Killed after its last checkpoint, or stopped (a signal, a full disk) in its end-of-run analysis: what is left
+    is the analysis, the figures and ``result.json``, made from the checkpoint without training.
+    """
+    if path is None or not end_unrecorded(path, run_dir):
+        return False
+    return finished_epochs(load_checkpoint_safely(path)) == int(cfg.trainer.max_epochs)
 
 
 def refuse_other_section(section: str, saved: Any, cfg: DictConfig, named: str) -> None:

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lenet_lightning.config.command import stops_the_command
 from lenet_lightning.config.location import CONFIG_DIR
@@ -28,13 +28,16 @@ from lenet_lightning.runs.folder import (
     check_writable,
     claim_run_folder,
     process_rank,
+    release_run_folder,
     reserve_run_folder,
 )
-from lenet_lightning.runs.layout import LAST_CHECKPOINT, is_run_folder
+from lenet_lightning.runs.layout import LAST_CHECKPOINT, RUN_CONFIG, is_run_folder
 from lenet_lightning.runs.resume import start_checkpoint
+from lenet_lightning.runs.sweep_folder import check_earlier_job, claim_sweep_folder
 from lenet_lightning.speed.cuda_graph import refuse_unsupported_cuda_graph
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+SHARED_BY_JOBS = ("data_dir", "dataset.data_dir")  # what no job's folder name says (override_dirname leaves it out)
 
 
 def check_run_rules(cfg: DictConfig) -> None:
@@ -110,11 +113,16 @@ class PrepareRun(Callback):
         check_job(config)
         refuse_undecodable_name(run_dir, "hydra.run.dir")
         start = start_checkpoint(config.ckpt_path, config.resume, run_dir)
+        if config.resume and start is None and config.callbacks.get("model_checkpoint") is None:
+            raise UserError(
+                f"{override('resume', config.resume)}: the run was trained with callbacks.model_checkpoint=null, so it "
+                "has no checkpoint to continue from; train a new run in a new folder"
+            )
 
         def check_start() -> None:
             if start is not None:
                 key = "resume" if config.resume else "ckpt_path"
-                check_checkpoint_fits(start, config, override(key, str(config[key])))
+                check_checkpoint_fits(start, config, override(key, str(config[key])), run_dir)
 
         if process_rank() != 0:  # another process of a distributed run, whose rank 0 claims the folder
             check_start()  # the same answer as rank 0's, so that no process waits for others that stopped
@@ -143,11 +151,12 @@ class PrepareRun(Callback):
                 "sweep (-m, hparams_search): drop -m, or sweep runs that each start from its checkpoint with "
                 f"{shell_word(override('ckpt_path', str(Path(config.resume) / LAST_CHECKPOINT)))}"
             )
-        check_sweep_jobs(config)
+        jobs = check_sweep_jobs(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         refuse_undecodable_name(sweep_dir, "hydra.sweep.dir")
         if "hydra.sweep.dir" in override_keys(list(config.hydra.overrides.hydra)):
-            check_writable(sweep_dir.parent)  # named on the command line: the sweep may be run again into it
+            check_earlier_jobs(sweep_dir, config, jobs)  # before the folder is claimed: a refusal leaves no lock
+            claim_sweep_folder(sweep_dir, str(config.hydra.job.name))  # held until the sweep's process ends
             return
         folder = reserve_run_folder(sweep_dir)  # two sweeps started in the same second get folders of their own
         try:
@@ -160,28 +169,56 @@ class PrepareRun(Callback):
             # Each job's config is composed again from these overrides: they must name the folder too.
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(str(folder))}")
 
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_run_folder(Path(config.hydra.sweep.dir))  # also released when the process exits, however it ends
 
-def check_sweep_jobs(config: DictConfig) -> None:
+
+def check_sweep_jobs(config: DictConfig) -> list[tuple[str, DictConfig, str | None]]:
     """Compose and check each job of a grid sweep (``-m a=1,2``) before the sweep makes its folder.
 
-    Other sweepers choose their jobs as they go (Optuna): those check the sweep's own config here, and each job
-    checks itself as it starts.
+    Returns each job's overrides, config and folder name (``hydra.sweep.subdir``; None when it is known only as the
+    job runs). Other sweepers choose their jobs as they go (Optuna): those check the sweep's own config here, and
+    each job checks itself as it starts; none is returned.
     """
     if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
         check_job(config)
-        return
+        return []
     task = [str(item) for item in config.hydra.overrides.task]
     batches = BasicSweeper.split_arguments(parse_overrides(task), max_batch_size=None)
+    jobs = []
     for job in (job for batch in batches for job in batch):
+        composed = composed_job(config.hydra.job.config_name, list(job))
+        subdir = OmegaConf.select(composed, "hydra.sweep.subdir", default=None, throw_on_resolution_failure=False)
+        with open_dict(composed):
+            del composed["hydra"]
         try:
-            check_job(composed_job(config.hydra.job.config_name, list(job)))
+            check_job(composed)
         except UserError as error:
             raise UserError(f"sweep job {' '.join(job)}: {error}") from None
+        jobs.append((" ".join(job), composed, None if subdir is None else str(subdir)))
+    return jobs
+
+
+def check_earlier_jobs(sweep_dir: Path, config: DictConfig, jobs: list[tuple[str, DictConfig, str | None]]) -> None:
+    """In an earlier sweep's folder, every job folder there must hold a run of the config its job trains now.
+
+    A job whose folder name is known is compared whole; otherwise the runs there are compared with the sweep's
+    own config on what its jobs share (the data).
+    """
+    if not sweep_dir.is_dir() or is_run_folder(sweep_dir):
+        return  # new, or refused as a run folder when it is claimed
+    named = [(job, cfg, sweep_dir / subdir) for job, cfg, subdir in jobs if subdir]
+    for job, cfg, folder in named:
+        check_earlier_job(folder, cfg, job)
+    if len(named) < len(jobs) or not jobs:
+        sweep = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        for saved in sorted(sweep_dir.glob(f"*/{RUN_CONFIG}")):
+            check_earlier_job(saved.parent.parent, sweep, saved.parent.parent.name, keys=SHARED_BY_JOBS)
 
 
 def composed_job(config_name: str, overrides: list[str]) -> DictConfig:
-    """One sweep job's config, composed as Hydra will compose it (from ``conf/`` when Hydra is not running)."""
+    """One sweep job's config with its ``hydra`` node, as Hydra will compose it (from ``conf/`` without Hydra)."""
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name=config_name, overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)

@@ -28,11 +28,13 @@ from lenet_lightning.data.datamodule import MNISTDataModule
 from lenet_lightning.errors import UserError
 from lenet_lightning.model.classifier import LeNetClassifier
 from lenet_lightning.reporting.console import route_to_logging
+from lenet_lightning.reporting.error_analysis import ErrorAnalysis
+from lenet_lightning.reporting.predictions import predict_test_set
 from lenet_lightning.reporting.tensorboard_events import write_summaries
 from lenet_lightning.runs.checkpoint_fit import checkpoint_to_resume
 from lenet_lightning.runs.commands import override, train_command
 from lenet_lightning.runs.folder import check_writable
-from lenet_lightning.runs.layout import RESULT_FILE, RunStatus
+from lenet_lightning.runs.layout import LAST_CHECKPOINT, RESULT_FILE, RunStatus
 from lenet_lightning.runs.record import write_result_json
 from lenet_lightning.speed.apply import with_speed_options
 from lenet_lightning.training.divergence import TrainingDiverged
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 REPORTED_METRICS = ("train/loss", "train/acc", "test/acc")
 HPARAM_SECTIONS = ("dataset", "model", "optimizer", "scheduler", "augment")
 WALL_SECONDS_KEY = "wall_seconds"  # in callback_metrics, where fit() reads it (also after ddp_spawn)
+LAST_EPOCH_KEY = "last_epoch_metrics"  # in each checkpoint: REPORTED_METRICS of the epoch it holds
 # The disk of the run folder cannot take more: full, over quota, or remounted read-only.
 OUT_OF_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
@@ -118,7 +121,11 @@ def build(
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
     callbacks.append(RunReport(hparams_of(cfg)))
     logger = instantiate(cfg.logger)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    # Without its callback Lightning would write a checkpoint of its own, under a name that resume cannot find.
+    off = {} if cfg.callbacks.get("model_checkpoint") is not None else {"enable_checkpointing": False}
+    if off:
+        log.warning("callbacks.model_checkpoint=null: no checkpoint is written, so this run cannot be resumed")
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **off)
     return datamodule, module, trainer
 
 
@@ -152,6 +159,7 @@ class RunReport(L.Callback):
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params
         self.earlier_seconds = 0.0
+        self.last_epoch: dict[str, float] = {}  # the metrics of the checkpoint's epoch, when one was loaded
         self._started: float | None = None
 
     @property
@@ -176,6 +184,14 @@ class RunReport(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.earlier_seconds = float(state_dict.get(WALL_SECONDS_KEY, 0.0))
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """The epoch's metrics travel with its checkpoint: a run killed before its result can be finished from it."""
+        metrics = trainer.callback_metrics
+        checkpoint[LAST_EPOCH_KEY] = {tag: float(metrics[tag]) for tag in REPORTED_METRICS if tag in metrics}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.last_epoch = dict(checkpoint.get(LAST_EPOCH_KEY) or {})
 
 
 class OutOfDisk(UserError):
@@ -255,13 +271,29 @@ def fit(cfg: DictConfig) -> RunResult:
     refuse_reexecution_in_multirun(trainer)
     status, reason = RunStatus.COMPLETED, ""
     announce_nodes(trainer)
+    try:
+        with stops_of(trainer, output_dir):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except TrainingDiverged as error:
+        status, reason = RunStatus.DIVERGED, str(error)
+    if status == RunStatus.COMPLETED:
+        status, reason = status_of_finished_fit(trainer)
+    return result_of(trainer, status, reason, output_dir)
+
+
+@contextmanager
+def stops_of(trainer: L.Trainer, output_dir: Path) -> Iterator[None]:
+    """What stops a run from outside, as the run reports it: a signal or a dead process, or a full disk.
+
+    A ``ddp_spawn`` launcher passes a signal it gets on to its workers, which then stop as Lightning stops.
+    """
     spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
     passed_on: list[int] = []
     try:
         with threads_quiet_about_the_disk(), signals_handled_by_lightning(spawned) as passed_on:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except TrainingDiverged as error:
-        status, reason = RunStatus.DIVERGED, str(error)
+            yield
+    except TrainingDiverged:
+        raise
     except BaseException as error:
         if passed_on:  # the workers stopped because this process passed a signal on to them
             raise TrainingInterrupted(passed_on[0]) from None
@@ -275,11 +307,43 @@ def fit(cfg: DictConfig) -> RunResult:
         if trainer.is_global_zero:
             record_failure_if_room(result_of(trainer, RunStatus.FAILED, str(failure), output_dir))
         raise failure from None
-    if passed_on:
+    if passed_on:  # the workers stopped early and sent results: the run was interrupted all the same
         raise TrainingInterrupted(passed_on[0])
-    if status == RunStatus.COMPLETED:
-        status, reason = status_of_finished_fit(trainer)
-    return result_of(trainer, status, reason, output_dir)
+
+
+def finish(cfg: DictConfig) -> RunResult:
+    """End a run whose checkpoint holds every epoch but whose end was never recorded, without training.
+
+    Killed after its last checkpoint, or stopped in its end-of-run analysis (a signal, a full disk): the Trainer
+    restores the checkpoint (weights, epoch, the callbacks' states) and has no epoch left to train; then the
+    analysis runs as at the end of training, and the result takes the last epoch's metrics from the checkpoint
+    and the test accuracy from the analysis's pass over the test set.
+    """
+    route_to_logging()
+    output_dir = Path(cfg.output_dir)
+    checkpoint = output_dir / LAST_CHECKPOINT
+    check_writable(output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule: MNISTDataModule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule, module, trainer = build(cfg, datamodule)
+    log.info(
+        "%s holds all %d epochs but the run's end was not recorded: finishing it (analysis, figures, %s)",
+        checkpoint,
+        int(cfg.trainer.max_epochs),
+        RESULT_FILE,
+    )
+    with stops_of(trainer, output_dir):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)  # trains no epoch
+        analyses = [callback for callback in trainer.callbacks if isinstance(callback, ErrorAnalysis)]
+        for analysis in analyses:
+            analysis.analyse(trainer, module)
+    predictions = analyses[0].predictions if analyses else predict_test_set(module, datamodule)
+    report = next(callback for callback in trainer.callbacks if isinstance(callback, RunReport))
+    metrics = {tag: math.nan for tag in REPORTED_METRICS} | report.last_epoch
+    metrics["test/acc"] = float((predictions.predicted == predictions.labels).float().mean())
+    trainer.callback_metrics.update({tag: torch.tensor(value) for tag, value in metrics.items()})
+    return result_of(trainer, RunStatus.COMPLETED, "", output_dir)
 
 
 def announce_nodes(trainer: L.Trainer) -> None:

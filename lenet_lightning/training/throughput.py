@@ -1,6 +1,7 @@
 """Wall-clock throughput of training, measured the way the README reports it."""
 
 import time
+from typing import Any
 
 import lightning as L
 import torch
@@ -18,6 +19,7 @@ class EpochTimer(L.Callback):
     def __init__(self) -> None:
         self.seconds = 0.0
         self.examples = 0
+        self.earlier_rate = 0.0  # of the session that saved the checkpoint this one started from
         self._epoch_start = 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -40,4 +42,11 @@ class EpochTimer(L.Callback):
 
     @property
     def examples_per_second(self) -> float:
-        return self.examples / self.seconds if self.seconds else 0.0
+        """This session's throughput; a session that trains no epoch (finishing a run) reports the checkpoint's."""
+        return self.examples / self.seconds if self.seconds else self.earlier_rate
+
+    def state_dict(self) -> dict[str, float]:
+        return {THROUGHPUT_KEY: self.examples_per_second}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.earlier_rate = float(state_dict.get(THROUGHPUT_KEY, 0.0))
