@@ -49,9 +49,11 @@ def test_a_signal_to_the_launcher_stops_every_process_and_records_the_run(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not (folder / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # a loaded 2-core machine spawns slowly
+    while not (folder / "checkpoints" / "last.ckpt").is_file() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
         time.sleep(0.1)
+    assert process.poll() is None, process.communicate()[1]
     workers = children_of(process.pid)
     assert workers, "the launcher should have started its training processes"
     process.send_signal(signum)
