@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from lenet_lightning.runs.checkpoint_files import load_checkpoint_safely
