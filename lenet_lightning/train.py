@@ -18,6 +18,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,14 +34,15 @@ from lenet_lightning.runs.folder import claimed_run_folders, hold_run_folder, re
 from lenet_lightning.runs.layout import RESULT_FILE, RunStatus, is_run_folder
 from lenet_lightning.runs.record import write_record
 from lenet_lightning.runs.resume import resume_arguments, start_checkpoint
+from lenet_lightning.search.objective import outcome
 from lenet_lightning.training.launch_guard import ReexecutionInMultirunError
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def train(cfg: DictConfig) -> float:
-    """Train once and return the final test accuracy, the value Hydra sweepers optimise.
+def train(cfg: DictConfig) -> dict[str, Any] | float:
+    """Train once and return the run's outcome for a search: its status and validation metrics, no test metric.
 
     A single run's config was checked and its folder claimed before Hydra wrote into it
     (``training/preflight.py``). In a sweep (``-m``) each job checks its own config here, and a failed
@@ -61,7 +63,7 @@ def train(cfg: DictConfig) -> float:
         release_run_folder(output_dir)
 
 
-def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> float:
+def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> dict[str, Any] | float:
     """Fit and report; what ends the run is recorded in ``result.json``, except a result that was never made."""
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -111,7 +113,7 @@ def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> float:
         exit_bad_input(UserError(result.reason))
     if result.status == RunStatus.DIVERGED and not sweeping:
         sys.exit(EXIT_DIVERGED)
-    return result.test_acc
+    return outcome(str(result.status), result.val_acc, result.val_loss, result.epochs, result.output_dir)
 
 
 def record_failure(output_dir: Path, error: Exception) -> float:
