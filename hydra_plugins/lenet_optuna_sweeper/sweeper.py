@@ -66,14 +66,15 @@ class LenetOptunaSweeper(Sweeper):
         from lenet_lightning.search import study as studies
 
         settings, sweep_dir = self.settings, Path(self.config.hydra.sweep.dir)
-        space, fixed = search_space(settings.params)
+        params, base = split_arguments(settings.params, arguments)
+        space, fixed = search_space(params)
         storage = open_storage(storage_of(settings.storage, sweep_dir))
         study = studies.open_study(
             storage, settings.study_name, settings.objective, self._sampler(0), instantiate(settings.pruner)
         )
         for number in studies.fail_orphaned_trials(study):
             log.warning("trial %d was running in a worker of this machine that is gone: marked failed", number)
-        base = [item for item in arguments if _key(item) not in space and _key(item) not in fixed]
+        base = [item for item in base if _key(item) not in fixed]
         fixed_overrides = [as_override(key, value) for key, value in fixed.items()]
         returns: list[JobReturn] = []
         while len(returns) < settings.n_trials:
@@ -152,28 +153,35 @@ class LenetOptunaSweeper(Sweeper):
                 f"dataset.val_size={config.dataset.val_size}: a search chooses on a validation split held out of "
                 "the training set; give dataset.val_size=5000 (the search configs' default)"
             )
-        arguments = [str(item) for item in config.hydra.overrides.task]
-        grid = [item.input_line for item in parse_overrides(arguments) if item.is_sweep_override()]
-        if grid:
-            raise UserError(
-                f"{' '.join(grid)}: a search samples the keys in hydra.sweeper.params; put the range there, "
-                "e.g. hydra.sweeper.params.lr='interval(0.1, 1)', or drop hparams_search for a grid sweep"
-            )
-        space, fixed = search_space(settings.params)
-        base = [item for item in arguments if _key(item) not in space and _key(item) not in fixed]
+        params, base = split_arguments(settings.params, [str(item) for item in config.hydra.overrides.task])
+        space, fixed = search_space(params)
+        base = [item for item in base if _key(item) not in fixed]
         fixed_overrides = [as_override(key, value) for key, value in fixed.items()]
         for key, distribution in space.items():
             for value in extremes(distribution):
                 try:
                     check_job([*base, *fixed_overrides, as_override(key, value)])
                 except UserError as error:
-                    raise UserError(f"hydra.sweeper.params.{key}={settings.params[key]} reaches {error}") from None
+                    raise UserError(f"the search space {key}={params[key]} reaches {error}") from None
         if settings.storage is not None:
             check_storage(settings.storage)
             if storage_exists(settings.storage):
                 from lenet_lightning.search.study import check_study
 
                 check_study(open_storage(settings.storage), settings.study_name, settings.objective)
+
+
+def split_arguments(params: DictConfig, arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The search space, ``hydra.sweeper.params`` with the ranges given on the command line (``'lr=interval(0.1,
+    1)'``, ``batch=32,64``) added or replacing theirs, and the other overrides, which every trial gets."""
+    space = dict(params)
+    base = []
+    for item in parse_overrides(arguments):
+        if item.is_sweep_override():
+            space[item.key_or_group] = item.input_line.partition("=")[2]
+        else:
+            base.append(item.input_line)
+    return space, base
 
 
 def _key(override: str) -> str:

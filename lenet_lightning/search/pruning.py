@@ -39,7 +39,7 @@ class ReportToTrial(L.Callback):
         if trainer.is_global_zero and self.monitor in trainer.callback_metrics:
             epoch = trainer.current_epoch + 1
             self.trial.report(float(trainer.callback_metrics[self.monitor]), epoch)
-            prune = self.trial.should_prune()
+            prune = epoch < trainer.max_epochs and self.trial.should_prune()  # one that trained every epoch completed
         if trainer.strategy.broadcast(prune):  # every process stops at the same epoch
             trainer.should_stop = True
             trainer.callback_metrics[PRUNED_KEY] = torch.tensor(trainer.current_epoch + 1)

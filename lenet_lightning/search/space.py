@@ -29,7 +29,7 @@ def search_space(params: Mapping[str, Any]) -> tuple[dict[str, BaseDistribution]
             (parsed,) = parser.parse_overrides([f"{key}={text}"])
         except OverrideParseException as error:
             reason = " ".join(str(error).split("\n")[1:2]) or str(error)
-            raise UserError(f"hydra.sweeper.params.{key}={text} cannot be read: {reason}") from None
+            raise UserError(f"the search space {key}={text} cannot be read: {reason}") from None
         value = parsed.value()
         if parsed.is_sweep_override():
             space[key] = distribution(key, text, value)
@@ -45,7 +45,7 @@ def search_space(params: Mapping[str, Any]) -> tuple[dict[str, BaseDistribution]
 
 def distribution(key: str, text: str, sweep: Any) -> BaseDistribution:
     """One key's distribution; the message names the key and the fix when the range holds no value."""
-    where = f"hydra.sweeper.params.{key}={text}"
+    where = f"the search space {key}={text}"
     if isinstance(sweep, IntervalSweep):
         low, high = sweep.start, sweep.end
         if not low < high:

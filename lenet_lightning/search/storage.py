@@ -65,7 +65,7 @@ def open_storage(storage: str) -> BaseStorage:
         if is_database_url(storage):
             return RDBStorage(storage)
         return JournalStorage(JournalFileBackend(storage))
-    except (sqlalchemy.exc.SQLAlchemyError, OSError, RuntimeError) as error:
+    except (sqlalchemy.exc.SQLAlchemyError, OSError, RuntimeError, ImportError) as error:
         raise UserError(
             f"hydra.sweeper.storage={_shown(storage)} cannot be opened: {_first_line(error)}; check the address, "
             "the credentials and that the database is running"
