@@ -32,6 +32,7 @@ def check_storage(storage: str) -> None:
         raise UserError("hydra.sweeper.storage is empty; give a journal file path, a database URL, or null")
     if not is_database_url(storage):
         _check_parent(Path(storage), storage)
+        _check_journal(Path(storage), storage)
         return
     url = _parsed(storage)
     try:
@@ -70,11 +71,6 @@ def open_storage(storage: str) -> BaseStorage:
             f"hydra.sweeper.storage={_shown(storage)} cannot be opened: {_first_line(error)}; check the address, "
             "the credentials and that the database is running"
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError) as error:
-        raise UserError(
-            f"hydra.sweeper.storage={storage} is not an Optuna journal file ({_first_line(error)}); "
-            "for an SQLite database write sqlite:///" + storage
-        ) from None
 
 
 def study_directions(storage: BaseStorage, study_name: str) -> list[optuna.study.StudyDirection] | None:
@@ -103,6 +99,26 @@ def _check_parent(path: Path, storage: str) -> None:
     if path.is_dir():
         raise UserError(
             f"hydra.sweeper.storage={storage} is a folder; name a file in it, e.g. {path / DEFAULT_JOURNAL}"
+        )
+
+
+def _check_journal(path: Path, storage: str) -> None:
+    """An existing file must be a journal: Optuna would skip its other lines and append its own to it."""
+    try:
+        with path.open("rb") as file:
+            first = file.readline()
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise UserError(f"hydra.sweeper.storage={storage} cannot be read: {error.strerror or error}") from None
+    try:
+        is_journal = not first or "op_code" in json.loads(first)
+    except (ValueError, TypeError):
+        is_journal = False
+    if not is_journal:
+        raise UserError(
+            f"hydra.sweeper.storage={storage} is not an Optuna journal file; name a new file, or write "
+            f"sqlite:///{storage} for an SQLite database"
         )
 
 
