@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from lenet_lightning.config.check import check_sweep_job
 from lenet_lightning.config.command import exit_bad_input, run_command
 from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.config.plugins import make_project_plugins_findable
 from lenet_lightning.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, Interrupted, NothingToDo, UserError
 from lenet_lightning.runs.commands import hydra_safe_arguments, override, train_command
 from lenet_lightning.runs.folder import claimed_run_folders, hold_run_folder, release_run_folder
@@ -157,6 +158,7 @@ def cli() -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    make_project_plugins_findable()  # hparams_search=... needs the project's sweeper
     run_command(train, "train", on_interrupt=record_interruption)
 
 
