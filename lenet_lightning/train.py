@@ -18,6 +18,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, open_dict
 from lenet_lightning.config.check import check_sweep_job
 from lenet_lightning.config.command import exit_bad_input, run_command
 from lenet_lightning.config.location import CONFIG_DIR
+from lenet_lightning.config.plugins import make_project_plugins_findable
 from lenet_lightning.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, Interrupted, NothingToDo, UserError
 from lenet_lightning.runs.commands import hydra_safe_arguments, override, train_command
 from lenet_lightning.runs.folder import claimed_run_folders, hold_run_folder, release_run_folder
@@ -34,14 +36,15 @@ from lenet_lightning.runs.layout import RESULT_FILE, RunStatus, is_run_folder
 from lenet_lightning.runs.record import write_record
 from lenet_lightning.runs.resume import resume_arguments, start_checkpoint
 from lenet_lightning.runs.sweep_folder import completed_earlier, sweep_job_start
+from lenet_lightning.search.objective import outcome
 from lenet_lightning.training.launch_guard import ReexecutionInMultirunError
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def train(cfg: DictConfig) -> float:
-    """Train once and return the final test accuracy, the value Hydra sweepers optimise.
+def train(cfg: DictConfig) -> dict[str, Any] | float:
+    """Train once and return the run's outcome for a search: its status and validation metrics, no test metric.
 
     A single run's config was checked and its folder claimed before Hydra wrote into it
     (``training/preflight.py``). In a sweep (``-m``) each job checks its own config here, and a failed
@@ -66,7 +69,7 @@ def train(cfg: DictConfig) -> float:
         release_run_folder(output_dir)
 
 
-def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> float:
+def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> dict[str, Any] | float:
     """Fit and report; what ends the run is recorded in ``result.json``, except a result that was never made."""
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -118,7 +121,7 @@ def _train(cfg: DictConfig, output_dir: Path, sweeping: bool) -> float:
         exit_bad_input(UserError(result.reason))
     if result.status == RunStatus.DIVERGED and not sweeping:
         sys.exit(EXIT_DIVERGED)
-    return result.test_acc
+    return outcome(str(result.status), result.val_acc, result.val_loss, result.epochs, result.output_dir)
 
 
 def completed_earlier_job(output_dir: Path) -> float | None:
@@ -185,6 +188,7 @@ def cli() -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    make_project_plugins_findable()  # hparams_search=... needs the project's sweeper
     run_command(train, "train", on_interrupt=record_interruption)
 
 

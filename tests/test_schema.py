@@ -24,6 +24,8 @@ COMMANDS = ("train", "eval", "predict", "export")
 # The configs eval, predict and export need to get as far as the check of the value under test.
 NEEDED = {"train": (), "eval": (), "predict": ("inputs=a.png",), "export": ()}
 
+NEEDS_OPTUNA = pytest.mark.skipif(find_spec("optuna") is None, reason="needs the optuna extra")
+
 
 def compose_config(command: str, *overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -146,10 +148,8 @@ def test_sweep_without_multirun_says_add_m() -> None:
         ("augment=shift_flip",),
         ("trainer=ddp_cpu",),
         ("trainer=ddp_multinode",),
-        pytest.param(
-            ("hparams_search=lr_optuna",),
-            marks=pytest.mark.skipif(find_spec("hydra_plugins.hydra_optuna_sweeper") is None, reason="needs optuna"),
-        ),
+        pytest.param(("hparams_search=lr_optuna",), marks=NEEDS_OPTUNA),
+        pytest.param(("hparams_search=recipe_optuna",), marks=NEEDS_OPTUNA),
         ("model=lenet_bn", "compile=max-autotune", "memory_format=channels_last", "trainer.precision=16"),
         ("trainer.devices=[0,1]", "seed=4294967295", "lr=3.4e38", "+trainer.gradient_clip_val=0.5"),
     ],

@@ -149,19 +149,6 @@ def test_a_sweep_run_again_into_its_folder_reports_each_runs_own_wall_time(run_c
     assert re.search(rf"^1 runs, {round(training)} s of training", done.stdout, re.M), done.stdout
 
 
-@pytest.mark.slow
-def test_optuna_lr_search_lands_in_the_summary(run_cli, tmp_path: Path) -> None:
-    done = run_cli("hparams_search=lr_optuna", "hydra.sweeper.n_trials=3", *TINY_SWEEP)
-    assert done.returncode == 0, done.stderr[-3000:]
-    sweep_dir = sweep_dir_of(tmp_path)
-    rows = read_summary(sweep_dir)
-    assert len(rows) == 3
-    assert all(row["status"] == "completed" and 0.01 <= float(row["lr"]) <= 3 for row in rows)
-    assert not any("hparams_search" in row["run"] for row in rows)
-    best = (sweep_dir / "optimization_results.yaml").read_text()
-    assert f"best_value: {max(float(row['test_acc']) for row in rows)}" in best
-
-
 def test_run_without_result_counts_as_failed(tmp_path: Path) -> None:
     """A job that died before writing result.json still gets a row, marked failed."""
     run_dir = tmp_path / "lr=0.3"

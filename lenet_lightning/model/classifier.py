@@ -49,6 +49,7 @@ class LeNetClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -95,11 +96,14 @@ class LeNetClassifier(L.LightningModule):
         if dataloader_idx == 0:
             return self.test_step(batch, batch_idx)
         images, labels = batch
-        self.val_acc.update(self.net(images), labels)
+        logits = self.net(images)
+        self.val_loss.update(F.cross_entropy(logits, labels, reduction="none"))
+        self.val_acc.update(logits, labels)
         return None
 
     def on_validation_epoch_end(self) -> None:
         if self.val_acc.update_count:
+            self.log("val/loss", self.val_loss, add_dataloader_idx=False)
             self.log("val/acc", self.val_acc, add_dataloader_idx=False)
         self.log("test/loss", self.test_loss, add_dataloader_idx=False)
         self.log("test/acc", self.test_acc, add_dataloader_idx=False)

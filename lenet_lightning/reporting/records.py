@@ -29,6 +29,8 @@ class RunRecord:
     train_loss: float
     train_acc: float
     test_acc: float
+    val_acc: float  # NaN without a validation split (dataset.val_size=0)
+    val_loss: float
     best_test_acc: float
     best_epoch: int | None
     wall_seconds: float
@@ -107,6 +109,8 @@ def read_run(run_dir: Path, exclude: frozenset[str] = frozenset()) -> RunRecord:
         train_loss=outcome.get("train_loss", math.nan),
         train_acc=outcome.get("train_acc", math.nan),
         test_acc=outcome.get("test_acc", math.nan),
+        val_acc=outcome.get("val_acc", math.nan),
+        val_loss=outcome.get("val_loss", math.nan),
         best_test_acc=best,
         best_epoch=best_epoch,
         wall_seconds=wall_seconds if math.isfinite(wall_seconds) else event_seconds,

@@ -28,6 +28,7 @@ class RunStatus(StrEnum):
 
     COMPLETED = "completed"  # trained every epoch asked for
     DIVERGED = "diverged"  # the training loss became NaN or infinite
+    PRUNED = "pruned"  # stopped early by its search's pruner: a result of the search, not a failure
     NO_EPOCHS = "no_epochs"  # ended without training an epoch (nothing left to train, no batches)
     INTERRUPTED = "interrupted"  # stopped by a signal, or killed (a checkpoint but no result.json)
     FAILED = "failed"  # an error ended it
@@ -36,7 +37,7 @@ class RunStatus(StrEnum):
     @property
     def has_metrics(self) -> bool:
         """Trained to an end, so its final metrics mean something."""
-        return self in (RunStatus.COMPLETED, RunStatus.DIVERGED)
+        return self in (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.PRUNED)
 
 
 def is_run_folder(folder: Path) -> bool:

@@ -19,7 +19,7 @@ from lenet_lightning.runs.atomic import write_text_atomically
 from lenet_lightning.runs.commands import override, train_command
 from lenet_lightning.runs.layout import LAST_CHECKPOINT, RESULT_FILE, SAVED_OVERRIDES, RunStatus
 
-NUMBER_FIELDS = ("train_loss", "train_acc", "test_acc", "wall_seconds")
+NUMBER_FIELDS = ("train_loss", "train_acc", "test_acc", "val_acc", "val_loss", "wall_seconds")
 
 log = logging.getLogger(__name__)
 

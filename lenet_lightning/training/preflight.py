@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lenet_lightning.config.command import stops_the_command
@@ -178,10 +179,16 @@ def check_sweep_jobs(config: DictConfig) -> list[tuple[str, DictConfig, str | No
 
     Returns each job's overrides, config and folder name (``hydra.sweep.subdir``; None when it is known only as the
     job runs). Other sweepers choose their jobs as they go (Optuna): those check the sweep's own config here, and
-    each job checks itself as it starts; none is returned.
+    each job checks itself as it starts; none is returned. A sweeper class with a
+    ``check_before_sweep(config, check_job)`` checks its own settings then (the project's Optuna sweeper: storage,
+    study, search space), given a way to check a job.
     """
-    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+    target = config.hydra.sweeper.get("_target_")
+    if target != BASIC_SWEEPER:
         check_job(config)
+        check_own = getattr(get_class(target), "check_before_sweep", None)
+        if check_own is not None:
+            check_own(config, lambda overrides: check_job(composed_job(config.hydra.job.config_name, overrides)))
         return []
     task = [str(item) for item in config.hydra.overrides.task]
     batches = BasicSweeper.split_arguments(parse_overrides(task), max_batch_size=None)

@@ -36,6 +36,7 @@ from lenet_lightning.runs.commands import override, train_command
 from lenet_lightning.runs.folder import check_writable
 from lenet_lightning.runs.layout import LAST_CHECKPOINT, RESULT_FILE, RunStatus
 from lenet_lightning.runs.record import write_result_json
+from lenet_lightning.search.pruning import pruned_at
 from lenet_lightning.speed.apply import with_speed_options
 from lenet_lightning.training.divergence import TrainingDiverged
 from lenet_lightning.training.interruptions import TrainingInterrupted, interruption_of
@@ -57,8 +58,9 @@ OUT_OF_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 class RunResult:
     """What a run reports: final metrics of the last epoch and throughput.
 
-    ``status`` is ``completed``, ``diverged`` (the training loss became NaN or infinite), ``no_epochs`` (the
-    run ended without training an epoch, e.g. resuming a run that already has all its epochs) or ``failed``;
+    ``status`` is ``completed``, ``diverged`` (the training loss became NaN or infinite), ``pruned`` (stopped
+    early by its search), ``no_epochs`` (the run ended without training an epoch, e.g. resuming a run that
+    already has all its epochs) or ``failed``;
     ``reason`` says why when it is not ``completed``. Metrics that were never measured are NaN.
     """
 
@@ -72,6 +74,8 @@ class RunResult:
     reason: str = ""
     epochs: int = 0  # epochs the model has trained, earlier sessions of a resumed run included
     wall_seconds: float = math.nan  # training time, earlier sessions of a resumed run included
+    val_acc: float = math.nan  # on the validation split (dataset.val_size), what a search chooses on
+    val_loss: float = math.nan
 
     def write_json(self, path: Path) -> None:
         """Save the result as ``result.json`` in the run folder, where sweep summaries and tools read it.
@@ -278,6 +282,8 @@ def fit(cfg: DictConfig) -> RunResult:
         status, reason = RunStatus.DIVERGED, str(error)
     if status == RunStatus.COMPLETED:
         status, reason = status_of_finished_fit(trainer)
+    if status == RunStatus.COMPLETED and (epoch := pruned_at(trainer)) is not None:
+        status, reason = RunStatus.PRUNED, f"pruned by the search after epoch {epoch}"
     return result_of(trainer, status, reason, output_dir)
 
 
@@ -388,6 +394,8 @@ def result_of(trainer: L.Trainer, status: RunStatus, reason: str, output_dir: Pa
         reason=reason,
         epochs=trainer.current_epoch,
         wall_seconds=float(trainer.callback_metrics.get(WALL_SECONDS_KEY, math.nan)),
+        val_acc=float(metrics.get("val/acc", math.nan)),
+        val_loss=float(metrics.get("val/loss", math.nan)),
     )
 
 
