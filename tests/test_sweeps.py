@@ -76,20 +76,31 @@ def test_lr_sweep_names_runs_and_summarises_them(run_cli, tmp_path: Path, tiny_d
 
 
 @pytest.mark.slow
-def test_failed_and_diverged_runs_do_not_stop_the_sweep(run_cli, tmp_path: Path) -> None:
-    # lr=-1 is rejected by the config check at start (failed); lr=1e+30 turns the ReLU net's loss into NaN (diverged).
-    done = run_cli("-m", "lr=-1,1e+30,0.3", *TINY_SWEEP)
-    assert done.returncode != 0
-    assert "1 of 3 runs failed" in done.stderr
-    sweep_dir = sweep_dir_of(tmp_path)
-    rows = {row["lr"]: row for row in read_summary(sweep_dir)}
-    assert [row["status"] for row in read_summary(sweep_dir)] == ["completed", "diverged", "failed"]
+def test_failed_and_diverged_runs_do_not_stop_the_sweep(run_cli, tiny_data_dir: Path, tmp_path: Path) -> None:
+    # The job with an empty data folder fails as it looks for its files (download=false); lr=1e+30 turns the ReLU
+    # net's loss into NaN (diverged). A value the config check refuses stops the sweep before it starts, and so do
+    # jobs that would share a folder (names leave data_dir out).
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    refused = run_cli("-m", "lr=-1,0.3", *TINY_SWEEP)
+    assert refused.returncode == 2 and "sweep job lr=-1" in refused.stderr and not (tmp_path / "outputs").exists()
+    shared = run_cli("-m", f"data_dir={tiny_data_dir},{empty}", *TINY_SWEEP)
+    assert shared.returncode == 2 and "would share the run folder" in shared.stderr, shared.stderr
 
-    assert rows["-1"]["reason"] == "UserError: lr=-1 is not allowed: lr must be a number > 0 and <= 3.4e+38"
-    assert rows["1e+30"]["best_test_acc"] == "" and rows["1e+30"]["best_epoch"] == ""
-    assert json.loads((sweep_dir / rows["1e+30"]["run"] / "result.json").read_text())["train_loss"] is None  # not NaN
-    assert float(rows["0.3"]["test_acc"]) > 0.15  # ran after the failure, and learned
-    assert "failed: UserError: lr=-1 is not allowed" in (sweep_dir / "summary.md").read_text()
+    numbered = ("hydra.sweep.subdir=job${hydra.job.num}", "dataset.download=false")  # a folder per job
+    done = run_cli("-m", f"data_dir={tiny_data_dir},{empty}", "lr=1e+30,0.3", *numbered, *TINY_SWEEP)
+    assert done.returncode != 0
+    assert "2 of 4 runs failed" in done.stderr
+    sweep_dir = sweep_dir_of(tmp_path)
+    rows = read_summary(sweep_dir)
+    assert [row["status"] for row in rows] == ["completed", "diverged", "failed", "failed"]
+    assert all("MNIST files are missing" in row["reason"] for row in rows[2:]), rows
+    good = {row["lr"]: row for row in rows if row["status"] != "failed"}
+    assert "MNIST files are missing" in rows[2]["reason"], rows
+    assert good["1e+30"]["best_test_acc"] == "" and good["1e+30"]["best_epoch"] == ""
+    assert json.loads((sweep_dir / good["1e+30"]["run"] / "result.json").read_text())["train_loss"] is None  # not NaN
+    assert float(good["0.3"]["test_acc"]) > 0.15  # ran beside the failures, and learned
+    assert "MNIST files are missing" in (sweep_dir / "summary.md").read_text()
     assert_png(sweep_dir / "sweep_test_acc.png")
 
 

@@ -15,7 +15,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from lenet_lightning.config.command import stops_the_command
 from lenet_lightning.config.location import CONFIG_DIR
@@ -129,7 +129,7 @@ class PrepareRun(Callback):
             check_start()  # the same answer as rank 0's, so that no process waits for others that stopped
             check_writable(run_dir)
             return
-        if config.resume or "hydra.run.dir" in override_keys(list(config.hydra.overrides.hydra)):
+        if config.resume or "hydra.run.dir" in override_keys(overrides_as_given(config.hydra.overrides.hydra)):
             in_folder = start is not None and start.resolve().is_relative_to(run_dir.resolve())
             continues = bool(config.resume) or in_folder or (config.ckpt_path == "last" and is_run_folder(run_dir))
             claim_run_folder(run_dir, continues_its_run=continues, check=check_start)
@@ -155,7 +155,7 @@ class PrepareRun(Callback):
         jobs = check_sweep_jobs(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         refuse_undecodable_name(sweep_dir, "hydra.sweep.dir")
-        if "hydra.sweep.dir" in override_keys(list(config.hydra.overrides.hydra)):
+        if "hydra.sweep.dir" in override_keys(overrides_as_given(config.hydra.overrides.hydra)):
             check_earlier_jobs(sweep_dir, config, jobs)  # before the folder is claimed: a refusal leaves no lock
             claim_sweep_folder(sweep_dir, str(config.hydra.job.name))  # held until the sweep's process ends
             return
@@ -190,12 +190,13 @@ def check_sweep_jobs(config: DictConfig) -> list[tuple[str, DictConfig, str | No
         if check_own is not None:
             check_own(config, lambda overrides: check_job(composed_job(config.hydra.job.config_name, overrides)))
         return []
-    task = [str(item) for item in config.hydra.overrides.task]
+    task = overrides_as_given(config.hydra.overrides.task)
     batches = BasicSweeper.split_arguments(parse_overrides(task), max_batch_size=None)
     jobs = []
     for job in (job for batch in batches for job in batch):
-        composed = composed_job(config.hydra.job.config_name, list(job))
-        subdir = OmegaConf.select(composed, "hydra.sweep.subdir", default=None, throw_on_resolution_failure=False)
+        hydra_overrides = overrides_as_given(config.hydra.overrides.hydra)  # hydra.sweep.subdir=..., say
+        composed = composed_job(config.hydra.job.config_name, [*job, *hydra_overrides])
+        subdir = job_folder_name(composed)
         with open_dict(composed):
             del composed["hydra"]
         try:
@@ -203,7 +204,35 @@ def check_sweep_jobs(config: DictConfig) -> list[tuple[str, DictConfig, str | No
         except UserError as error:
             raise UserError(f"sweep job {' '.join(job)}: {error}") from None
         jobs.append((" ".join(job), composed, None if subdir is None else str(subdir)))
+    refuse_shared_job_folders(jobs)
     return jobs
+
+
+def overrides_as_given(overrides: ListConfig) -> list[str]:
+    """Override strings as typed: ``hydra.sweep.subdir=job${hydra.job.num}`` is text here, not resolved."""
+    return [str(item) for item in OmegaConf.to_container(overrides, resolve=False)]
+
+
+def job_folder_name(composed: DictConfig) -> str | None:
+    """The job's folder name in the sweep, when the config alone tells it (not for names made of the job's number)."""
+    raw = str(OmegaConf.to_container(composed.hydra.sweep, resolve=False).get("subdir"))
+    if "job.num" in raw or "job.id" in raw:
+        return None  # known only as Hydra launches the job
+    return OmegaConf.select(composed, "hydra.sweep.subdir", default=None, throw_on_resolution_failure=False)
+
+
+def refuse_shared_job_folders(jobs: list[tuple[str, DictConfig, str | None]]) -> None:
+    """Two jobs named alike (``hydra.sweep.subdir`` leaves out ``data_dir``) would train into one folder."""
+    seen: dict[str, str] = {}
+    for job, _, subdir in jobs:
+        if subdir is None:
+            continue
+        if subdir in seen:
+            raise UserError(
+                f"sweep jobs {seen[subdir]} and {job} would share the run folder {subdir} (folder names leave out "
+                "data_dir): sweep one data folder at a time, or give each its own hydra.sweep.dir"
+            )
+        seen[subdir] = job
 
 
 def check_earlier_jobs(sweep_dir: Path, config: DictConfig, jobs: list[tuple[str, DictConfig, str | None]]) -> None:
