@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lenet_lightning.config.schema import shown
 from lenet_lightning.data.datamodule import DATASETS
 from lenet_lightning.errors import NothingToDo, UserError
+from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.runs.checkpoint_files import finished_epochs, load_checkpoint_safely
 from lenet_lightning.runs.layout import LAST_CHECKPOINT, RESULT_FILE
 from lenet_lightning.runs.record import ended_with_metrics
@@ -135,6 +136,14 @@ def refuse_other_model(net: dict[str, Any] | None, model: dict[str, Any], named:
     """One line when a checkpoint's network differs from the config's ``model``, with the overrides that match it."""
     if not isinstance(net, dict):
         return
+    try:
+        LeNet(**net)  # a checkpoint made by other code may name an activation or layer this code does not know
+    except (TypeError, ValueError, KeyError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"{named}: the checkpoint holds a network this code cannot rebuild ({reason}); "
+            "use a checkpoint this project's code trained"
+        ) from None
     differing = sorted(key for key in net.keys() | model.keys() if net.get(key) != model.get(key))
     if differing:
         theirs = " ".join(f"model.{key}={shown(net.get(key))}" for key in differing)

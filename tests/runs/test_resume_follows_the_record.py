@@ -109,3 +109,27 @@ def test_continuing_with_ckpt_path_last_keeps_the_runs_saved_overrides(
     assert "lr=0.3" in saved and "epochs=2" in saved
     checkpoint = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["optimizer"]["lr"] == 0.3 and checkpoint["epoch"] == 1
+
+
+def test_a_checkpoint_of_a_network_this_code_cannot_build_is_one_line(
+    run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    path = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["hyper_parameters"]["net"]["activation"] = "swish"  # made by other code
+    torch.save(checkpoint, path)
+    assert train(monkeypatch, run.parent, f"resume={run}", "epochs=3") == 2
+    error = capsys.readouterr().err.strip()
+    assert "cannot rebuild ('swish')" in error and "\n" not in error, error
+
+
+def test_a_checkpoint_with_a_flipped_bit_fails_its_crc_check(
+    run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    path = run / "checkpoints" / "last.ckpt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the stored weights: still a zip, still finite numbers
+    path.write_bytes(bytes(data))
+    assert train(monkeypatch, run.parent, f"resume={run}", "epochs=3") == 2
+    error = capsys.readouterr().err.strip()
+    assert "fails its CRC check" in error and "\n" not in error, error
