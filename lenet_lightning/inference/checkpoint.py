@@ -78,6 +78,15 @@ class LoadedCheckpoint:
             files += [("the data file", path) for path in datamodule.expected_files()]
         return files
 
+    def data_folders(self, datamodule: MNISTDataModule | None = None) -> list[Path]:
+        """The data sets' folders under the data folder a command reads (or the run trained on): never written.
+
+        Each data set's own folder (``<data_dir>/MNIST``...), not ``data_dir`` itself, which may be a folder such
+        as the working directory that holds runs and outputs too.
+        """
+        data_dir = (datamodule or self.datamodule()).data_dir
+        return [data_dir / dataset_class.__name__ for dataset_class in DATASETS.values()]
+
     def output_dir(self, kind: str) -> Path:
         """Default folder for what a tool writes about this checkpoint: ``<run>/<kind>/<checkpoint name>``."""
         base = self.run_dir if self.run_dir is not None else self.path.parent
