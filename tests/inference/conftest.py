@@ -77,10 +77,14 @@ def run_b(tiny_trained_run: Path, data_dir: Path, tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def picture(tmp_path: Path) -> Path:
+def digit_png(path: Path) -> Path:
     """A 28 x 28 picture like the tiny data set's: one bright band of rows on black."""
     pixels = np.zeros((28, 28), dtype=np.uint8)
     pixels[8:10, 4:24] = 255
-    Image.fromarray(pixels).save(tmp_path / "seven.png")
-    return tmp_path / "seven.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def picture(tmp_path: Path) -> Path:
+    return digit_png(tmp_path / "seven.png")
