@@ -24,7 +24,7 @@ from lenet_lightning.errors import UserError
 from lenet_lightning.inference.outputs import FilesRead
 from lenet_lightning.model.classifier import LeNetClassifier
 from lenet_lightning.runs.checkpoint_files import load_checkpoint_safely
-from lenet_lightning.runs.layout import RUN_CONFIG
+from lenet_lightning.runs.layout import CHECKPOINT_DIR, RUN_CONFIG
 
 TRAIN_CONFIG = CONFIG_DIR / "train.yaml"
 CHECKPOINT_HINT = "pass ckpt_path=outputs/runs/<date>/<time>/checkpoints/last.ckpt (or the run folder)"
@@ -88,8 +88,13 @@ class LoadedCheckpoint:
         return [data_dir / dataset_class.__name__ for dataset_class in DATASETS.values()]
 
     def output_dir(self, kind: str) -> Path:
-        """Default folder for what a tool writes about this checkpoint: ``<run>/<kind>/<checkpoint name>``."""
+        """Default folder for what a tool writes about this checkpoint: ``<run>/<kind>/<checkpoint name>``.
+
+        Never inside a ``checkpoints/`` folder, even one whose run lost its config: that is the run's record.
+        """
         base = self.run_dir if self.run_dir is not None else self.path.parent
+        if base.name == CHECKPOINT_DIR:
+            base = base.parent
         return base / kind / self.path.stem
 
 

@@ -54,7 +54,8 @@ def evaluate(
     # The default folder <run>/eval/<checkpoint>/ is eval's own: running eval again replaces what it wrote there.
     output_dir = Path(output) if output else loaded.output_dir("eval")
     figures = [f"{tag.split('/')[-1]}.png" for tag in (CONFUSION_TAG, MISCLASSIFIED_TAG)]  # as ErrorAnalysis names them
-    written = [EVAL_JSON, *figures, *(projector_files(EVAL_STEP) if projector_images else [])]
+    logged = [TensorBoardLogger.NAME_HPARAMS_FILE, *(projector_files(EVAL_STEP) if projector_images else [])]
+    written = [EVAL_JSON, *figures, *logged]
     # Writing a projector deletes those of every step in the folder (reporting/projector.py): only ours may be there.
     removed = output_dir.glob(f"[0-9][0-9][0-9][0-9][0-9]/{PROJECTOR_TAG}/*") if projector_images else []
     check_output_folder(

@@ -88,13 +88,13 @@ def special_kind(path: Path) -> str | None:
     return next((kind for test, kind in kinds.items() if test(mode)), None)
 
 
-def refuse_link_or_special(path: Path, where: str, what: str = "file") -> None:
+def refuse_link_or_special(path: Path, where: str, what: str = "file", fix: str = "") -> None:
     """Raise when ``path`` is a symbolic link (named with its target) or a special file (named by its kind)."""
     kind = special_kind(path)
     if kind == "a symbolic link":
-        raise UserError(f"{where} is a symbolic link to {os.readlink(path)}; name the {what} itself")
+        raise UserError(f"{where} is a symbolic link to {os.readlink(path)}; {fix or f'name the {what} itself'}")
     if kind is not None:
-        raise UserError(f"{where} is {kind}, not a regular {what}; name a {what}: output=<{what}>")
+        raise UserError(f"{where} is {kind}, not a regular {what}; {fix or f'name a {what}: output=<{what}>'}")
 
 
 def is_runs_checkpoints(folder: Path) -> bool:
@@ -244,7 +244,7 @@ def check_output_folder(
         blocking = next((folder / part for part in Path(name).parents if (folder / part).is_file()), None)
         if blocking is not None:
             raise UserError(f"{where}: its {name} cannot be written, {blocking} is a file; pass another output=")
-        refuse_link_or_special(path, f"{where}: its {name}")
+        refuse_link_or_special(path, f"{where}: its {name}", fix="pass another output=")
         if path.is_dir():
             raise UserError(f"{where}: its {name} cannot be written, it is a folder; pass another output=")
     foreign = [name for name in removes if name not in names]

@@ -197,6 +197,24 @@ def test_a_dangling_link_and_a_link_to_a_folder_are_refused(monkeypatch, capsys,
     assert dangling.is_symlink() and results.is_symlink() and not (tmp_path / "missing").exists()
 
 
+def test_eval_never_writes_through_a_link_in_its_own_folder(monkeypatch, capsys, run_a: Path, tmp_path: Path) -> None:
+    """Its earlier results, with one of the files eval writes there (Lightning's hparams.yaml) now a link."""
+    assert run_tool(monkeypatch, "eval", f"ckpt_path={run_a}", *QUICK_EVAL) == 0
+    capsys.readouterr()
+    notes = tmp_path / "notes.yaml"
+    notes.write_text("my notes\n")
+    before = md5(notes)
+    linked = run_a / "eval" / "last" / "hparams.yaml"
+    linked.unlink()
+    linked.symlink_to(notes)
+    assert run_tool(monkeypatch, "eval", f"ckpt_path={run_a}", *QUICK_EVAL) == 2
+    assert one_error_line(capsys.readouterr()) == (
+        f"error: the default output {linked.parent}: its hparams.yaml is a symbolic link to {notes}; "
+        "pass another output="
+    )
+    assert md5(notes) == before and linked.is_symlink()
+
+
 def test_predict_never_replaces_dev_stdout(monkeypatch, capsys, run_a: Path, picture) -> None:
     """As root, a rename over /dev/stdout once replaced the system's link with a file of predictions."""
     if not os.path.islink("/dev/stdout"):
