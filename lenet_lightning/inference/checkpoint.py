@@ -182,4 +182,24 @@ def load_checkpoint(ckpt_path: str | None) -> LoadedCheckpoint:
     module.eval()
     run_dir = find_run_dir(path)
     run_config = read_run_config(path, run_dir) if run_dir is not None else None
-    return LoadedCheckpoint(path=path, module=module, run_dir=run_dir, run_config=run_config)
+    loaded = LoadedCheckpoint(path=path, module=module, run_dir=run_dir, run_config=run_config)
+    refuse_other_folder_data(loaded)
+    return loaded
+
+
+def refuse_other_folder_data(loaded: LoadedCheckpoint) -> None:
+    """The checkpoint's own class names are the truth: a run config of another data set beside it is refused.
+
+    A Fashion-MNIST checkpoint copied into an MNIST run folder would otherwise be evaluated on MNIST.
+    """
+    if loaded.run_config is None:
+        return
+    folder_dataset = str(loaded.run_config.dataset.name)
+    if list(DATASETS[folder_dataset].classes) != loaded.class_names:
+        trained_on = next(
+            (name for name, data in DATASETS.items() if list(data.classes) == loaded.class_names), "another data set"
+        )
+        raise CheckpointError(
+            f"checkpoint {loaded.path} was trained on {trained_on}, but its run folder {loaded.run_dir} is a run of "
+            f"{folder_dataset} ({RUN_CONFIG}); copy the checkpoint out of that folder to use it on its own data"
+        )
