@@ -1,9 +1,41 @@
-"""A callback the reliability tests add with ``+callbacks.fault=...`` to send a real signal mid-training."""
+"""Callbacks the fault tests add with ``+callbacks.fault=...`` to send a real signal or blow up mid-training."""
 
 import os
+import signal
 from pathlib import Path
 
 import lightning as L
+import pytest
+from omegaconf import DictConfig
+
+from lenet_lightning.training.interruptions import TrainingInterrupted
+from lenet_lightning.training.run import fit
+
+# The error-analysis figures are not what the fault tests look at, and rendering them costs seconds per run.
+NO_FIGURES = "~callbacks.error_analysis"
+
+
+def fault(epoch: int, batch: int, signum: int, marker: Path) -> list[str]:
+    """Overrides adding the test callback that sends ``signum`` at that point (``batch=0``: before the checkpoint)."""
+    prefix = "+callbacks.fault"
+    return [
+        f"{prefix}._target_=tests.reliability_faults.SignalAt",
+        f"{prefix}.epoch={epoch}",
+        f"{prefix}.batch={batch}",
+        f"{prefix}.signum={int(signum)}",
+        f"{prefix}.marker={marker}",
+    ]
+
+
+def fit_until_ctrl_c(cfg: DictConfig) -> TrainingInterrupted:
+    """Train ``cfg`` (which sends itself a SIGINT with :func:`fault`) and return how the run was interrupted."""
+    previous_handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(TrainingInterrupted) as raised:
+            fit(cfg)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)  # Lightning ignores further Ctrl-C while shutting down
+    return raised.value
 
 
 class SignalAt(L.Callback):

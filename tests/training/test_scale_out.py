@@ -116,7 +116,7 @@ def test_two_cpu_processes_train_one_run_with_synced_metrics(run_cli, odd_data_d
         "dataset.batch_size=32",
         "model.activation=relu",  # learns within the 16 steps, so the accuracy compared below is not chance
         "lr=0.1",
-        "+callbacks.shard_recorder._target_=tests.test_scale_out.ShardRecorder",
+        "+callbacks.shard_recorder._target_=tests.training.test_scale_out.ShardRecorder",
         f"hydra.run.dir={run}",
         data_dir=odd_data_dir,
     )

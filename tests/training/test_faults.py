@@ -15,27 +15,13 @@ from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lenet_lightning.runs.folder import reserve_run_folder
-from lenet_lightning.training.interruptions import TrainingInterrupted
 from lenet_lightning.training.run import fit
 from tests.conftest import CONFIG_DIR, cli_env
+from tests.reliability_faults import NO_FIGURES, fault, fit_until_ctrl_c
 
 # A recipe that learns the tiny data set in 4 epochs of 8 steps, so resumed and unbroken runs can be compared.
-# The error-analysis figures are not what these tests look at, and rendering them costs seconds per run.
-NO_FIGURES = "~callbacks.error_analysis"
 RECIPE = ("epochs=4", "dataset.batch_size=64", "lr=0.3", "model.activation=relu", "accelerator=cpu", NO_FIGURES)
 CURVES = ("train/loss", "train/acc", "test/acc")
-
-
-def fault(epoch: int, batch: int, signum: int, marker: Path) -> list[str]:
-    """Overrides adding the test callback that sends ``signum`` at that point (``batch=0``: before the checkpoint)."""
-    prefix = "+callbacks.fault"
-    return [
-        f"{prefix}._target_=tests.reliability_faults.SignalAt",
-        f"{prefix}.epoch={epoch}",
-        f"{prefix}.batch={batch}",
-        f"{prefix}.signum={int(signum)}",
-        f"{prefix}.marker={marker}",
-    ]
 
 
 def curves(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -97,17 +83,6 @@ def test_sigterm_saves_flushes_exits_143_and_resumes(run_cli, make_config, tmp_p
     resumed = fit(make_config(*RECIPE, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", output_dir=run))
     resumed.write_json(run / "result.json")
     assert_same_as_unbroken(run, unbroken)
-
-
-def fit_until_ctrl_c(cfg) -> TrainingInterrupted:
-    """Train ``cfg`` (which sends itself a SIGINT with :func:`fault`) and return how the run was interrupted."""
-    previous_handler = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(TrainingInterrupted) as raised:
-            fit(cfg)
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)  # Lightning ignores further Ctrl-C while shutting down
-    return raised.value
 
 
 def test_ctrl_c_stops_cleanly_with_exit_130_and_keeps_the_checkpoint(make_config, tmp_path: Path) -> None:

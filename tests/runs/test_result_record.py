@@ -73,7 +73,7 @@ def small_disk(tmp_path: Path):
 
 def fill_disk(mount: Path, epoch: int, **options: object) -> list[str]:
     overrides = [
-        "+callbacks.fill_disk._target_=tests.test_results_integrity.FillDisk",
+        "+callbacks.fill_disk._target_=tests.runs.test_result_record.FillDisk",
         f"+callbacks.fill_disk.folder={mount}",
         f"+callbacks.fill_disk.epoch={epoch}",
     ]

@@ -33,7 +33,7 @@ from lenet_lightning.runs.layout import LAST_CHECKPOINT, LOCK_FILE
 from lenet_lightning.runs.resume import merge_overrides
 from lenet_lightning.training.preflight import PrepareRun
 from tests.conftest import CONFIG_DIR, cli_env, run_module
-from tests.test_reliability_faults import NO_FIGURES, fault
+from tests.reliability_faults import NO_FIGURES, fault
 
 HOST = socket.gethostname()
 # A finished run of a model and data set other than the defaults, so that mismatches have something to show.
