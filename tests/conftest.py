@@ -8,6 +8,7 @@ output captured, ``SystemExit`` caught): what a user sees of a command, without 
 import importlib
 import logging
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -168,7 +169,8 @@ def call_command(
     entry = getattr(importlib.import_module(module), ENTRY_POINTS[module])
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    capfd.readouterr()  # what came before is not this command's output
+    if capfd is not None:
+        capfd.readouterr()  # what came before is not this command's output
     with monkeypatch.context() as patch:
         patch.chdir(cwd)
         patch.setattr(sys, "argv", [module, *args])
@@ -182,8 +184,8 @@ def call_command(
             status = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
         finally:
             root.handlers[:], root.level = handlers, level
-    captured = capfd.readouterr()
-    return subprocess.CompletedProcess([module, *args], status, captured.out, captured.err)
+    out, err = capfd.readouterr() if capfd is not None else ("", "")
+    return subprocess.CompletedProcess([module, *args], status, out, err)
 
 
 @pytest.fixture
@@ -200,9 +202,12 @@ def run_command(
     return _run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_trained_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-epoch run folder on tiny data as training leaves it: checkpoints/last.ckpt and .hydra/config.yaml."""
+    """A one-epoch run folder on tiny data as training leaves it: checkpoints/last.ckpt and .hydra/config.yaml.
+
+    Trained once per test process and shared: a test that writes into it takes ``tiny_trained_run_copy``.
+    """
     from lenet_lightning.training.run import fit
 
     folder = tmp_path_factory.mktemp("tiny_run")
@@ -221,3 +226,9 @@ def tiny_trained_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFacto
     (folder / ".hydra").mkdir()
     OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
     return folder
+
+
+@pytest.fixture
+def tiny_trained_run_copy(tiny_trained_run: Path, tmp_path: Path) -> Path:
+    """A copy of ``tiny_trained_run`` under ``tmp_path`` (``tmp_path/run``), for a test that writes into it."""
+    return Path(shutil.copytree(tiny_trained_run, tmp_path / "run"))
