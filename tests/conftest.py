@@ -1,6 +1,14 @@
-"""Shared fixtures: tiny IDX data sets on disk, Hydra composition of the real configs, and the real CLI."""
+"""Shared fixtures: tiny IDX data sets on disk, Hydra composition of the real configs, and the real commands.
 
+``run_command`` calls a command's entry point in this process (its ``@hydra.main`` function, ``sys.argv`` set,
+output captured, ``SystemExit`` caught): what a user sees of a command, without a Python process per test.
+``run_cli`` starts the real process, for the tests where the process is what is under test (tests/cli/).
+"""
+
+import importlib
+import logging
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -136,9 +144,70 @@ def run_cli(tiny_data_dir: Path, tmp_path: Path) -> Callable[..., subprocess.Com
     return _run
 
 
-@pytest.fixture(scope="module")
+# The function each console script (pyproject.toml's [project.scripts]) and ``python -m`` calls.
+ENTRY_POINTS = {
+    "lenet_lightning.train": "cli",
+    "lenet_lightning.eval": "main",
+    "lenet_lightning.predict": "main",
+    "lenet_lightning.export": "main",
+}
+
+
+def call_command(
+    module: str,
+    *args: str,
+    cwd: Path,
+    data_dir: Path | None,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture,
+) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` from ``cwd``, run in this process: exit status, stdout and stderr as a shell sees.
+
+    ``data_dir`` becomes ``LENET_DATA_DIR`` (None: left as it is, as ``run_module`` does). The logging set-up Hydra
+    makes for the command is undone afterwards, so a later command or ``caplog`` starts from pytest's own.
+    """
+    entry = getattr(importlib.import_module(module), ENTRY_POINTS[module])
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    if capfd is not None:
+        capfd.readouterr()  # what came before is not this command's output
+    with monkeypatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", [module, *args])
+        patch.setenv("HYDRA_FULL_ERROR", "0")  # the command sets it; the context puts it back
+        if data_dir is not None:
+            patch.setenv("LENET_DATA_DIR", str(data_dir))
+        try:
+            entry()
+            status = 0
+        except SystemExit as exit:
+            status = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+        finally:
+            root.handlers[:], root.level = handlers, level
+    out, err = capfd.readouterr() if capfd is not None else ("", "")
+    return subprocess.CompletedProcess([module, *args], status, out, err)
+
+
+@pytest.fixture
+def run_command(
+    tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> Callable[..., subprocess.CompletedProcess]:
+    """``run_cli`` in this process: a command's entry point with tiny data, from ``tmp_path``, output captured."""
+
+    def _run(
+        *args: str, module: str = "lenet_lightning.train", data_dir: Path | None = tiny_data_dir
+    ) -> subprocess.CompletedProcess:
+        return call_command(module, *args, cwd=tmp_path, data_dir=data_dir, monkeypatch=monkeypatch, capfd=capfd)
+
+    return _run
+
+
+@pytest.fixture(scope="session")
 def tiny_trained_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-epoch run folder on tiny data as training leaves it: checkpoints/last.ckpt and .hydra/config.yaml."""
+    """A one-epoch run folder on tiny data as training leaves it: checkpoints/last.ckpt and .hydra/config.yaml.
+
+    Trained once per test process and shared: a test that writes into it takes ``tiny_trained_run_copy``.
+    """
     from lenet_lightning.training.run import fit
 
     folder = tmp_path_factory.mktemp("tiny_run")
@@ -157,3 +226,9 @@ def tiny_trained_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFacto
     (folder / ".hydra").mkdir()
     OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
     return folder
+
+
+@pytest.fixture
+def tiny_trained_run_copy(tiny_trained_run: Path, tmp_path: Path) -> Path:
+    """A copy of ``tiny_trained_run`` under ``tmp_path`` (``tmp_path/run``), for a test that writes into it."""
+    return Path(shutil.copytree(tiny_trained_run, tmp_path / "run"))

@@ -25,7 +25,7 @@ from lenet_lightning.inference.export import ExportCheckError, export, largest_d
 from lenet_lightning.inference.outputs import check_output_file, check_output_folder, same_file
 from lenet_lightning.runs.atomic import replaced_on_success
 
-RunCli = Callable[..., subprocess.CompletedProcess]
+RunCommand = Callable[..., subprocess.CompletedProcess]
 SIDE = 4096  # MAX_PIXELS is SIDE x SIDE
 
 
@@ -125,39 +125,39 @@ def input_named_by(how: str, run: Path, tmp_path: Path) -> tuple[str, list[str]]
     ],
 )
 def test_an_output_that_is_an_input_is_refused_and_nothing_is_written(
-    module: str, how: str, run: Path, run_cli: RunCli, tmp_path: Path
+    module: str, how: str, run: Path, run_command: RunCommand, tmp_path: Path
 ) -> None:
     output, arguments = input_named_by(how, run, tmp_path)
     before = snapshot(tmp_path)
-    done = run_cli(f"ckpt_path={run}", *arguments, f"output={output}", module=f"lenet_lightning.{module}")
+    done = run_command(f"ckpt_path={run}", *arguments, f"output={output}", module=f"lenet_lightning.{module}")
     assert "which this command reads; pass another output=" in one_line_error(done)
     assert snapshot(tmp_path) == before
 
 
 @pytest.mark.slow
 def test_exporting_a_checkpoint_named_like_its_export_refuses_the_default_output(
-    run: Path, run_cli: RunCli, tmp_path: Path
+    run: Path, run_command: RunCommand, tmp_path: Path
 ) -> None:
     checkpoint = tmp_path / "model.onnx"  # a checkpoint, whatever its name says
     shutil.copy(run / "checkpoints" / "last.ckpt", checkpoint)
     before = snapshot(tmp_path)
-    done = run_cli(f"ckpt_path={checkpoint}", "format=onnx", module="lenet_lightning.export")
+    done = run_command(f"ckpt_path={checkpoint}", "format=onnx", module="lenet_lightning.export")
     assert f"the default output {checkpoint} would overwrite the checkpoint" in one_line_error(done)
     assert snapshot(tmp_path) == before
 
 
 @pytest.mark.slow
-def test_the_default_export_replaces_only_an_earlier_export(run: Path, run_cli: RunCli, tmp_path: Path) -> None:
+def test_the_default_export_replaces_only_an_earlier_export(run: Path, run_command: RunCommand, tmp_path: Path) -> None:
     default = run / "checkpoints" / "last.onnx"
     default.write_text("my own notes, not a model\n")
     before = snapshot(tmp_path)
-    done = run_cli(f"ckpt_path={run}", "format=onnx", module="lenet_lightning.export")
+    done = run_command(f"ckpt_path={run}", "format=onnx", module="lenet_lightning.export")
     assert f"the default output {default} already exists and was not written by this command" in one_line_error(done)
     assert snapshot(tmp_path) == before
 
     default.unlink()
     for _ in range(2):  # the second export replaces the first one's file
-        done = run_cli(f"ckpt_path={run}", "format=onnx", module="lenet_lightning.export")
+        done = run_command(f"ckpt_path={run}", "format=onnx", module="lenet_lightning.export")
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"exported onnx model: {default}" in done.stdout
 
@@ -181,13 +181,13 @@ def arguments_of(module: str, tmp_path: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("module", "value"), [("eval", float("nan")), ("export", float("inf")), ("predict", -np.inf)])
 def test_a_checkpoint_with_non_finite_weights_is_refused(
-    module: str, value: float, run: Path, run_cli: RunCli, tmp_path: Path
+    module: str, value: float, run: Path, run_command: RunCommand, tmp_path: Path
 ) -> None:
     checkpoint = run / "checkpoints" / "last.ckpt"
     spoil_weight(checkpoint, value)
     arguments = arguments_of(module, tmp_path)
     before = snapshot(tmp_path)
-    done = run_cli(f"ckpt_path={checkpoint}", *arguments, module=f"lenet_lightning.{module}")
+    done = run_command(f"ckpt_path={checkpoint}", *arguments, module=f"lenet_lightning.{module}")
     assert f"checkpoint {checkpoint} has NaN or infinite weights" in one_line_error(done)
     assert snapshot(tmp_path) == before
 
@@ -212,12 +212,14 @@ def test_largest_difference_keeps_a_nan_that_pythons_max_would_drop() -> None:
 
 
 @pytest.mark.slow
-def test_an_export_that_fails_its_check_leaves_the_target_as_it_was(run: Path, run_cli: RunCli, tmp_path: Path) -> None:
+def test_an_export_that_fails_its_check_leaves_the_target_as_it_was(
+    run: Path, run_command: RunCommand, tmp_path: Path
+) -> None:
     target = tmp_path / "exports" / "model.onnx"
     target.parent.mkdir()
     target.write_bytes(b"the previous model")
     # ONNX Runtime's logits differ from PyTorch's by about 1e-7: more than this tolerance.
-    done = run_cli(
+    done = run_command(
         f"ckpt_path={run}",
         "format=onnx",
         f"output={target}",
@@ -245,13 +247,15 @@ def test_a_nan_check_fails_and_removes_the_file(run: Path, tmp_path: Path, monke
 
 
 @pytest.mark.slow
-def test_oversized_pictures_are_skipped_and_the_rest_predicted(run: Path, run_cli: RunCli, tmp_path: Path) -> None:
+def test_oversized_pictures_are_skipped_and_the_rest_predicted(
+    run: Path, run_command: RunCommand, tmp_path: Path
+) -> None:
     pictures = tmp_path / "pictures"
     pictures.mkdir()
     good = digit_png(pictures / "a_good.png")
     huge = blank_png(pictures / "b_huge.png", 20_000, 20_000)  # 400 megapixels: Pillow's own limit raises
     just_over = blank_png(pictures / "c_just_over.png", SIDE + 1, SIDE)  # under Pillow's limit, over ours
-    done = run_cli(f"ckpt_path={run}", f"inputs={pictures}", "output=preds.csv", module="lenet_lightning.predict")
+    done = run_command(f"ckpt_path={run}", f"inputs={pictures}", "output=preds.csv", module="lenet_lightning.predict")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     for path in (huge, just_over):
@@ -295,14 +299,14 @@ def test_the_pixel_limit_is_read_from_the_header_and_put_back(tmp_path: Path) ->
     ],
 )
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(
-    module: str, where: str, message: str, run: Path, run_cli: RunCli, tmp_path: Path
+    module: str, where: str, message: str, run: Path, run_command: RunCommand, tmp_path: Path
 ) -> None:
     (tmp_path / "a folder").mkdir()
     (tmp_path / "a file").write_text("notes\n")
     output = {"a file": "a file", "a folder": "a folder", "below a file": "a file/results/out"}[where]
     arguments = arguments_of(module, tmp_path)
     before = snapshot(tmp_path)
-    done = run_cli(f"ckpt_path={run}", *arguments, f"output={output}", module=f"lenet_lightning.{module}")
+    done = run_command(f"ckpt_path={run}", *arguments, f"output={output}", module=f"lenet_lightning.{module}")
     assert message in one_line_error(done)
     assert snapshot(tmp_path) == before
 
@@ -310,7 +314,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(
 @pytest.mark.slow
 @pytest.mark.parametrize("module", ["eval", "export"])
 def test_a_read_only_run_folder_is_refused_before_any_work(
-    module: str, run: Path, run_cli: RunCli, tmp_path: Path
+    module: str, run: Path, run_command: RunCommand, tmp_path: Path
 ) -> None:
     folders = [run, run / "checkpoints"]
     for folder in folders:
@@ -319,7 +323,7 @@ def test_a_read_only_run_folder_is_refused_before_any_work(
         if os.access(run, os.W_OK):
             pytest.skip("this user writes into read-only folders (root with CAP_DAC_OVERRIDE)")
         before = snapshot(tmp_path)
-        done = run_cli(f"ckpt_path={run}", module=f"lenet_lightning.{module}")
+        done = run_command(f"ckpt_path={run}", module=f"lenet_lightning.{module}")
         line = one_line_error(done)
         assert "cannot write the default output" in line and "is not writable (Permission denied)" in line
         assert snapshot(tmp_path) == before
@@ -347,13 +351,13 @@ def damage(config: Path, how: str) -> None:
     ("module", "how"), [("eval", "truncated"), ("predict", "garbage"), ("export", "a dataset key lost")]
 )
 def test_a_damaged_run_config_is_named_with_the_fix(
-    module: str, how: str, run: Path, run_cli: RunCli, tmp_path: Path
+    module: str, how: str, run: Path, run_command: RunCommand, tmp_path: Path
 ) -> None:
     config = run / ".hydra" / "config.yaml"
     damage(config, how)
     arguments = arguments_of(module, tmp_path)
     before = snapshot(tmp_path)
-    done = run_cli(f"ckpt_path={run}", *arguments, module=f"lenet_lightning.{module}")
+    done = run_command(f"ckpt_path={run}", *arguments, module=f"lenet_lightning.{module}")
     line = one_line_error(done)
     assert f"run config {config} is damaged (" in line
     assert "restore it from a copy, or copy" in line and "out of its run folder to use it without one" in line
@@ -386,11 +390,11 @@ def test_every_kind_of_damaged_run_config_is_refused(how: str, run: Path) -> Non
     ],
 )
 def test_bad_values_are_refused_by_the_schema_in_one_line(
-    module: str, argument: str, message: str, run_cli: RunCli, tmp_path: Path
+    module: str, argument: str, message: str, run_command: RunCommand, tmp_path: Path
 ) -> None:
     if argument == "accelerator=gpu" and torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    done = run_cli("ckpt_path=x.ckpt", argument, module=f"lenet_lightning.{module}")
+    done = run_command("ckpt_path=x.ckpt", argument, module=f"lenet_lightning.{module}")
     assert message in one_line_error(done)
     assert list(tmp_path.iterdir()) == []
 

@@ -32,9 +32,9 @@ def assert_one_line_error(result, *fragments: str) -> str:
     return lines[0]
 
 
-def run_timed(run_cli, *args: str):
+def run_timed(run_command, *args: str):
     start = time.perf_counter()
-    result = run_cli(*args)
+    result = run_command(*args)
     return result, time.perf_counter() - start
 
 
@@ -115,56 +115,56 @@ BAD_OVERRIDES = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("override", "fragments"), BAD_OVERRIDES, ids=[case[0] for case in BAD_OVERRIDES])
-def test_bad_override_on_the_command_line_is_one_line_exit_2(run_cli, tmp_path: Path, override, fragments) -> None:
-    result, seconds = run_timed(run_cli, override)
+def test_bad_override_on_the_command_line_is_one_line_exit_2(run_command, tmp_path: Path, override, fragments) -> None:
+    result, seconds = run_timed(run_command, override)
     assert_one_line_error(result, *fragments)
     assert seconds < ONE_LINE_LIMIT_S
     assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.slow
-def test_sweep_values_without_multirun_are_explained(run_cli, tmp_path: Path) -> None:
-    result = run_cli("lr=0.1,0.3")
+def test_sweep_values_without_multirun_are_explained(run_command, tmp_path: Path) -> None:
+    result = run_command("lr=0.1,0.3")
     assert_one_line_error(result, "lr=0.1,0.3", "add -m")
     assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_gpu_requested_without_gpu_says_use_cpu_or_auto(run_cli, tmp_path: Path) -> None:
-    result, seconds = run_timed(run_cli, "accelerator=gpu")
+def test_gpu_requested_without_gpu_says_use_cpu_or_auto(run_command, tmp_path: Path) -> None:
+    result, seconds = run_timed(run_command, "accelerator=gpu")
     assert_one_line_error(result, "no GPU is visible", "accelerator=cpu", "accelerator=auto")
     assert seconds < ONE_LINE_LIMIT_S
     assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.slow
-def test_missing_checkpoint_is_named(run_cli, tmp_path: Path) -> None:
+def test_missing_checkpoint_is_named(run_command, tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "last.ckpt"
-    result, seconds = run_timed(run_cli, f"ckpt_path={missing}")
+    result, seconds = run_timed(run_command, f"ckpt_path={missing}")
     assert_one_line_error(result, str(missing), "no such file")
     assert seconds < ONE_LINE_LIMIT_S
     assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.slow
-def test_file_that_is_not_a_checkpoint_is_named(run_cli, tmp_path: Path) -> None:
+def test_file_that_is_not_a_checkpoint_is_named(run_command, tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not a checkpoint\n")
-    result, seconds = run_timed(run_cli, f"ckpt_path={notes}")
+    result, seconds = run_timed(run_command, f"ckpt_path={notes}")
     assert_one_line_error(result, str(notes), "not a checkpoint")
     assert seconds < ONE_LINE_LIMIT_S
 
 
 @pytest.mark.slow
-def test_resume_of_a_folder_that_is_not_a_run_is_named(run_cli, tmp_path: Path) -> None:
-    result = run_cli(f"resume={tmp_path / 'no-such-run'}")
+def test_resume_of_a_folder_that_is_not_a_run_is_named(run_command, tmp_path: Path) -> None:
+    result = run_command(f"resume={tmp_path / 'no-such-run'}")
     assert_one_line_error(result, "no-such-run", "not a run folder")
     assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.slow
-def test_help_still_works(run_cli) -> None:
-    result = run_cli("--help")
+def test_help_still_works(run_command) -> None:
+    result = run_command("--help")
     assert result.returncode == 0
     assert "lr" in result.stdout

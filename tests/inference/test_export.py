@@ -54,8 +54,9 @@ def test_torchscript_matches_pytorch(checkpoint: Path, tiny_data_dir: Path, tmp_
 
 
 @pytest.mark.slow
-def test_cli_writes_beside_the_checkpoint_and_prints_the_check(checkpoint: Path, run_cli) -> None:
-    done = run_cli(f"ckpt_path={checkpoint}", "format=onnx", module="lenet_lightning.export")
+def test_cli_writes_beside_the_checkpoint_and_prints_the_check(tiny_trained_run_copy: Path, run_command) -> None:
+    checkpoint = tiny_trained_run_copy / "checkpoints" / "last.ckpt"
+    done = run_command(f"ckpt_path={checkpoint}", "format=onnx", module="lenet_lightning.export")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (checkpoint.parent / "last.onnx").is_file()
     assert f"exported onnx model: {checkpoint.parent / 'last.onnx'}" in done.stdout
@@ -63,8 +64,7 @@ def test_cli_writes_beside_the_checkpoint_and_prints_the_check(checkpoint: Path,
     assert "(tolerance 0.0001): OK" in done.stdout
 
 
-@pytest.mark.slow
-def test_unknown_format_is_one_line_and_exit_2(checkpoint: Path, run_cli) -> None:
-    done = run_cli(f"ckpt_path={checkpoint}", "format=tflite", module="lenet_lightning.export")
+def test_unknown_format_is_one_line_and_exit_2(checkpoint: Path, run_command) -> None:
+    done = run_command(f"ckpt_path={checkpoint}", "format=tflite", module="lenet_lightning.export")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: format=tflite is not one of onnx, torchscript"]

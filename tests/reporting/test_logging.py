@@ -23,7 +23,7 @@ TIMESTAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[[\w.]+\]\[(D
 
 @pytest.fixture(scope="module")
 def plain_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One CLI run, output captured (not a terminal), shared by the tests below: ``run_cli`` is per test."""
+    """One CLI run, output captured (not a terminal), shared by the tests below: ``run_command`` is per test."""
     cwd = tmp_path_factory.mktemp("plain_run")
     done = run_module(
         "lenet_lightning.train",
@@ -72,8 +72,8 @@ def test_run_folder_log_holds_the_console_lines_with_timestamps(plain_run) -> No
 
 @pytest.mark.slow
 @pytest.mark.parametrize("verbose", ["true", "lenet_lightning"])
-def test_hydra_verbose_adds_debug_lines_to_the_log(run_cli, tmp_path: Path, verbose: str) -> None:
-    done = run_cli("epochs=1", "accelerator=cpu", f"hydra.verbose={verbose}", "hydra.run.dir=run")
+def test_hydra_verbose_adds_debug_lines_to_the_log(run_command, tmp_path: Path, verbose: str) -> None:
+    done = run_command("epochs=1", "accelerator=cpu", f"hydra.verbose={verbose}", "hydra.run.dir=run")
     assert done.returncode == 0, done.stderr[-3000:]
     log = (tmp_path / "run" / "train.log").read_text()
     assert "[lenet_lightning.data.datamodule][DEBUG] - MNIST loaded from" in log
@@ -88,10 +88,10 @@ def test_no_debug_lines_without_verbose(plain_run) -> None:
 
 
 @pytest.mark.slow
-def test_warnings_and_errors_go_to_stderr_only(run_cli, tmp_path: Path) -> None:
+def test_warnings_and_errors_go_to_stderr_only(run_command, tmp_path: Path) -> None:
     run = tmp_path / "stopped-early"
     (run / ".hydra").mkdir(parents=True)
-    done = run_cli("epochs=1", "accelerator=cpu", "ckpt_path=last", f"hydra.run.dir={run}")
+    done = run_command("epochs=1", "accelerator=cpu", "ckpt_path=last", f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "nothing to resume" in done.stderr and "nothing to resume" not in done.stdout
     assert "[WARNING] - nothing to resume" in (run / "train.log").read_text()

@@ -4,17 +4,13 @@ The command-line tests start the real CLI on tiny data, with real files, signals
 the fast ones call the pieces (lock, quoting, checkpoint checks) directly.
 """
 
-import csv
 import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,8 +28,8 @@ from lenet_lightning.runs.folder import claim_run_folder, hold_run_folder, refus
 from lenet_lightning.runs.layout import LAST_CHECKPOINT, LOCK_FILE
 from lenet_lightning.runs.resume import merge_overrides
 from lenet_lightning.training.preflight import PrepareRun
-from tests.conftest import CONFIG_DIR, cli_env, run_module
-from tests.test_reliability_faults import NO_FIGURES, fault
+from tests.conftest import CONFIG_DIR, call_command
+from tests.reliability_faults import NO_FIGURES
 
 HOST = socket.gethostname()
 # A finished run of a model and data set other than the defaults, so that mismatches have something to show.
@@ -80,12 +76,14 @@ def epochs_in(run: Path) -> int:
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A completed one-epoch run of LeNet with batch norm on Fashion-MNIST, made by the CLI."""
+    """A completed one-epoch run of LeNet with batch norm on Fashion-MNIST, made by the training command."""
     run = tmp_path_factory.mktemp("finished") / "run"
-    done = run_module(
-        "lenet_lightning.train", *FINISHED, f"hydra.run.dir={run}", cwd=run.parent, data_dir=tiny_data_dir
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        done = call_command(
+            "lenet_lightning.train", *FINISHED, f"hydra.run.dir={run}", cwd=run.parent, data_dir=tiny_data_dir,
+            monkeypatch=monkeypatch,
+        )  # fmt: skip
+    assert done.returncode == 0
     return run
 
 
@@ -93,18 +91,18 @@ def finished_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.mark.slow
-def test_a_new_run_never_writes_into_a_folder_that_holds_files(run_cli, finished_run: Path, tmp_path: Path) -> None:
+def test_a_new_run_never_writes_into_a_folder_that_holds_files(run_command, finished_run: Path, tmp_path: Path) -> None:
     run = copy_of(finished_run, tmp_path)
     before = snapshot(run)
-    one_line_error(run_cli("epochs=1", f"hydra.run.dir={run}"), f"{run} already holds a run", f"resume={run}")
+    one_line_error(run_command("epochs=1", f"hydra.run.dir={run}"), f"{run} already holds a run", f"resume={run}")
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "todo.txt").write_text("mine")
-    one_line_error(run_cli("epochs=1", f"hydra.run.dir={notes}"), f"{notes} is not empty (todo.txt)")
+    one_line_error(run_command("epochs=1", f"hydra.run.dir={notes}"), f"{notes} is not empty (todo.txt)")
     # A checkpoint from elsewhere does not make another folder the run's own either.
     elsewhere = (f"ckpt_path={finished_run / LAST_CHECKPOINT}", *FINISHED[:2], "epochs=2", f"hydra.run.dir={notes}")
-    one_line_error(run_cli(*elsewhere), "is not empty")
-    one_line_error(run_cli("ckpt_path=last", f"hydra.run.dir={notes}"), "is not empty")  # not a run's folder
+    one_line_error(run_command(*elsewhere), "is not empty")
+    one_line_error(run_command("ckpt_path=last", f"hydra.run.dir={notes}"), "is not empty")  # not a run's folder
     assert snapshot(run) == before
     assert os.listdir(notes) == ["todo.txt"]
 
@@ -142,7 +140,7 @@ def test_files_of_the_other_processes_of_a_distributed_run_do_not_count(tmp_path
 
 
 @pytest.mark.slow
-def test_resuming_a_complete_run_says_so_and_touches_nothing(run_cli, finished_run: Path, tmp_path: Path) -> None:
+def test_resuming_a_complete_run_says_so_and_touches_nothing(run_command, finished_run: Path, tmp_path: Path) -> None:
     run = copy_of(finished_run, tmp_path)
     before = snapshot(run)
     new_folder = tmp_path / "new"
@@ -153,7 +151,7 @@ def test_resuming_a_complete_run_says_so_and_touches_nothing(run_cli, finished_r
         (checkpoint, [checkpoint, *FINISHED, f"hydra.run.dir={new_folder}"]),  # a new run from it: nothing to train
     ]
     for named, args in commands:
-        done = run_cli(*args)
+        done = run_command(*args)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout == f"{named}: already complete (epoch 1 of 1); raise epochs= to continue\n"
         assert "diverged" not in done.stdout + done.stderr
@@ -162,9 +160,9 @@ def test_resuming_a_complete_run_says_so_and_touches_nothing(run_cli, finished_r
 
 
 @pytest.mark.slow
-def test_a_run_that_trains_no_epoch_is_not_reported_as_diverged(run_cli, tmp_path: Path) -> None:
+def test_a_run_that_trains_no_epoch_is_not_reported_as_diverged(run_command, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    done = run_cli("epochs=1", "dataset.val_size=600", NO_FIGURES, f"hydra.run.dir={run}")  # 512 training images
+    done = run_command("epochs=1", "dataset.val_size=600", NO_FIGURES, f"hydra.run.dir={run}")  # 512 training images
     assert done.returncode == 2, done.stderr[-3000:]
     assert "diverged" not in done.stdout + done.stderr
     assert "no epoch" in done.stderr.strip().splitlines()[-1]
@@ -205,7 +203,7 @@ def test_a_checkpoint_is_checked_against_the_config_before_anything_runs(make_co
 
 @pytest.mark.slow
 def test_a_resume_with_another_model_or_data_set_is_refused_before_anything_is_written(
-    run_cli, finished_run: Path, tmp_path: Path
+    run_command, finished_run: Path, tmp_path: Path
 ) -> None:
     run = copy_of(finished_run, tmp_path)
     before = snapshot(run)
@@ -214,24 +212,24 @@ def test_a_resume_with_another_model_or_data_set_is_refused_before_anything_is_w
         "dataset=mnist": "trained on dataset=fashion, not mnist; give dataset=fashion",
     }
     for given, fix in refusals.items():
-        one_line_error(run_cli(f"resume={run}", given, "epochs=2"), f"resume={run}: the checkpoint", fix)
+        one_line_error(run_command(f"resume={run}", given, "epochs=2"), f"resume={run}: the checkpoint", fix)
         assert snapshot(run) == before, "saved overrides, checkpoint and result are as they were"
-    resumed = run_cli(f"resume={run}", "epochs=2")  # the plain resume still works: nothing was rewritten
+    resumed = run_command(f"resume={run}", "epochs=2")  # the plain resume still works: nothing was rewritten
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert epochs_in(run) == 2
 
 
 @pytest.mark.slow
 def test_a_run_without_saved_overrides_is_told_apart_by_its_checkpoint(
-    run_cli, finished_run: Path, tmp_path: Path
+    run_command, finished_run: Path, tmp_path: Path
 ) -> None:
     run = copy_of(finished_run, tmp_path)
     (run / ".hydra" / "overrides.yaml").unlink()
     before = snapshot(run)
-    one_line_error(run_cli(f"resume={run}", "epochs=2"), "trained on dataset=fashion, not mnist")
-    one_line_error(run_cli(f"resume={run}", "epochs=2", "dataset=fashion"), "model.batch_norm=true")
+    one_line_error(run_command(f"resume={run}", "epochs=2"), "trained on dataset=fashion, not mnist")
+    one_line_error(run_command(f"resume={run}", "epochs=2", "dataset=fashion"), "model.batch_norm=true")
     assert snapshot(run) == before
-    resumed = run_cli(f"resume={run}", "epochs=2", *FINISHED[:2], "dataset.batch_size=128", NO_FIGURES)
+    resumed = run_command(f"resume={run}", "epochs=2", *FINISHED[:2], "dataset.batch_size=128", NO_FIGURES)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert epochs_in(run) == 2
 
@@ -259,35 +257,6 @@ def test_the_lock_refuses_a_live_holder_and_takes_over_from_a_dead_one(tmp_path:
             hold_run_folder(tmp_path)
 
 
-@pytest.mark.slow
-def test_a_run_still_training_refuses_a_second_writer_until_it_is_gone(
-    run_cli, tmp_path: Path, tiny_data_dir: Path
-) -> None:
-    run = tmp_path / "run"
-    command = [sys.executable, "-m", "lenet_lightning.train", "epochs=10000", "accelerator=cpu", NO_FIGURES]
-    training = subprocess.Popen(
-        [*command, f"hydra.run.dir={run}"],
-        cwd=tmp_path,
-        env=cli_env(tiny_data_dir),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / LAST_CHECKPOINT).exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert (run / LOCK_FILE).read_text() == f"{training.pid} {HOST}\n"
-        one_line_error(run_cli(f"resume={run}", "epochs=20000"), f"in use by another run (process {training.pid}")
-        assert training.poll() is None, "the run goes on undisturbed"
-    finally:
-        training.kill()
-        training.wait()
-    assert (run / LOCK_FILE).exists(), "SIGKILL left the lock file behind"
-    resumed = run_cli(f"resume={run}", f"epochs={epochs_in(run) + 1}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert not (run / LOCK_FILE).exists(), "released when the process ended"
-
-
 def composed(*overrides: str):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
@@ -306,77 +275,28 @@ def test_two_sweeps_started_in_the_same_second_get_folders_of_their_own(monkeypa
     assert job.hydra.sweep.dir == "outputs/multirun/2024-01-01/12-00-00-1"
 
 
-@pytest.mark.slow
-def test_two_sweeps_started_together_keep_their_own_folders_and_their_jobs_resume(
-    run_cli, tmp_path: Path, tiny_data_dir: Path
-) -> None:
-    # The sweep folder comes from a config, as Hydra's ${now:} one does, so both sweeps ask for the same one.
-    extra = tmp_path / "extra"
-    (extra / "sweep_at").mkdir(parents=True)
-    (extra / "sweep_at" / "fixed.yaml").write_text("# @package _global_\nhydra:\n  sweep:\n    dir: sweeps/same\n")
-    common = ["-m", "--config-dir", str(extra), "+sweep_at=fixed", "epochs=1", "accelerator=cpu", NO_FIGURES]
-    sweeps = [
-        subprocess.Popen(
-            [sys.executable, "-m", "lenet_lightning.train", *common, f"lr={lrs}"],
-            cwd=tmp_path,
-            env=cli_env(tiny_data_dir),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for lrs in ("0.1,0.2", "0.3")
-    ]
-    for sweep in sweeps:
-        assert sweep.wait(timeout=300) == 0, sweep.stderr.read()[-3000:]
-    folders = sorted((tmp_path / "sweeps").iterdir())
-    assert [folder.name for folder in folders] == ["same", "same-1"]
-    summaries = []
-    for folder in folders:
-        with (folder / "summary.csv").open(newline="") as file:
-            summaries.append(tuple(sorted(row["lr"] for row in csv.DictReader(file))))
-    assert sorted(summaries) == [("0.1", "0.2"), ("0.3",)], "each summary holds its own sweep's runs only"
-
-    (job,) = (tmp_path / "sweeps").glob("*/*lr=0.3*")  # named like +sweep_at=fixed,accelerator=cpu,epochs=1,lr=0.3,...
-    assert "=" in job.name and "," in job.name
-    resumed = run_cli("--config-dir", str(extra), f"resume={job}", "epochs=2")  # typed as it is, no quoting
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert epochs_in(job) == 2
-
-
 # --- resume= and what cannot go with it ----------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_resume_is_refused_in_a_sweep_and_in_another_folder(run_cli, finished_run: Path, tmp_path: Path) -> None:
+def test_resume_is_refused_in_a_sweep_and_in_another_folder(run_command, finished_run: Path, tmp_path: Path) -> None:
     run = copy_of(finished_run, tmp_path)
     before = snapshot(run)
-    swept = run_cli("-m", f"resume={run}", "lr=0.1,0.3")
+    swept = run_command("-m", f"resume={run}", "lr=0.1,0.3")
     one_line_error(swept, "cannot be part of a sweep", f"ckpt_path={run / LAST_CHECKPOINT}")
     assert not (tmp_path / "outputs").exists()
     other = tmp_path / "other"
-    moved = run_cli(f"resume={run}", "epochs=2", f"hydra.run.dir={other}")
+    moved = run_command(f"resume={run}", "epochs=2", f"hydra.run.dir={other}")
     one_line_error(moved, "continues the run in its own folder", f"hydra.run.dir={other}")
     assert not other.exists()
     assert snapshot(run) == before
-    one_line_error(run_cli("resume="), "resume= names no run folder")
+    one_line_error(run_command("resume="), "resume= names no run folder")
     assert not (tmp_path / "outputs").exists()
 
 
 def test_a_resumed_search_trial_is_a_single_run() -> None:
     saved = ["hparams_search=lr_optuna", "lr=0.5", "resume=old"]
     assert merge_overrides(saved, ["resume=new"]) == ["lr=0.5", "resume=new"]
-
-
-@pytest.mark.slow
-def test_resume_of_a_run_over_several_processes(run_cli, tmp_path: Path) -> None:
-    """The extra ddp processes compose the resumed config too; only rank 0 claims the folder and logs."""
-    run = tmp_path / "run"
-    ddp = ("trainer=ddp", "accelerator=cpu", "trainer.devices=2", NO_FIGURES)
-    started = run_cli(*ddp, "epochs=1", f"hydra.run.dir={run}")
-    assert started.returncode == 0, started.stderr[-3000:]
-    resumed = run_cli(f"resume={run}", "epochs=2")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert epochs_in(run) == 2
 
 
 # --- Commands that paste back ---------------------------------------------------------------------------------
@@ -404,27 +324,6 @@ def test_folder_names_are_taken_literally_on_the_command_line() -> None:
     ]
     expected = ["-m", "lr=0.1,0.3", "resume='a/lr=0.3,epochs=2'", "ckpt_path=x.ckpt", "hydra.run.dir='my runs/é'"]
     assert hydra_safe_arguments(typed) == [*expected, "resume='q'"]
-
-
-@pytest.mark.slow
-def test_the_resume_command_printed_after_sigterm_pastes_back(tmp_path: Path, tiny_data_dir: Path) -> None:
-    run = tmp_path / "my runs" / "résumé,lr=0.3"
-    args = ("epochs=3", "dataset.batch_size=128", "accelerator=cpu", NO_FIGURES, f"hydra.run.dir={run}")
-    terminated = run_module(
-        "lenet_lightning.train",
-        *args,
-        *fault(2, 1, signal.SIGTERM, tmp_path / "fired"),
-        cwd=tmp_path,
-        data_dir=tiny_data_dir,
-    )
-    assert terminated.returncode == 143, terminated.stderr[-3000:]
-    command = terminated.stderr.strip().splitlines()[-1].partition("continue with ")[2]
-    assert command.startswith("python -m lenet_lightning.train ")
-    shell_env = {**cli_env(tiny_data_dir), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    pasted = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=shell_env, capture_output=True, text=True)
-    assert pasted.returncode == 0, pasted.stderr[-3000:]
-    assert epochs_in(run) == 3
-    assert json.loads((run / "result.json").read_text())["status"] == "completed"
 
 
 # --- Permissions -----------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from lenet_lightning.reporting.pr_curves import PR_CURVE_TAG
 from lenet_lightning.reporting.projector import PROJECTOR_CONFIG, PROJECTOR_TAG, projector_sample
 from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
 from lenet_lightning.training.run import fit
-from tests.conftest import CONFIG_DIR, REPO_ROOT, TINY_TEST, make_tiny_split, run_module, write_idx, write_tiny_dataset
+from tests.conftest import CONFIG_DIR, REPO_ROOT, TINY_TEST, run_module
 
 EPOCHS = 2
 SAMPLE = 100  # fewer than the 128 tiny test images, so the sample is a real choice
@@ -328,39 +328,6 @@ def test_resumed_run_keeps_one_projector_and_one_value_per_epoch(tiny_data_dir: 
     assert {tag: [event.step for event in events] for tag, events in pr_curves(run).items()} == {
         f"{PR_CURVE_TAG}/{name}": [1, 2] for name in NAMES
     }
-
-
-@pytest.mark.slow
-def test_per_class_accuracy_counts_every_process_share_in_ddp(
-    run_cli, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
-) -> None:
-    data_dir = tmp_path_factory.mktemp("noisy_data")
-    raw = write_tiny_dataset(data_dir, "MNIST", n_test=ODD_TEST_SIZE)
-    # A third of the test labels drawn at random: each class is then partly right, differently in each process's share.
-    _, labels = make_tiny_split(ODD_TEST_SIZE, seed=1)
-    rng = np.random.default_rng(0)
-    relabelled = rng.random(ODD_TEST_SIZE) < 1 / 3
-    labels[relabelled] = rng.integers(0, 10, relabelled.sum())
-    write_idx(raw / "t10k-labels-idx1-ubyte", labels)
-    run = tmp_path / "ddp"
-    recipe = [override for override in RECIPE if "error_analysis" not in override]
-    done = run_cli(
-        *recipe, "trainer=ddp_cpu", "epochs=2", "~callbacks.error_analysis", f"hydra.run.dir={run}", data_dir=data_dir
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert PER_CLASS_TAG not in done.stderr  # no warning about them (such as Lightning's sync_dist advice)
-    images, labels = tiny_test_set(data_dir)
-    counts = torch.bincount(labels, minlength=10).double()
-    logged = scalars(run)
-    for epoch in (1, 2):
-        accuracies = torch.tensor([logged[f"{PER_CLASS_TAG}/{name}"][epoch] for name in NAMES], dtype=torch.float64)
-        assert float((accuracies * counts).sum() / ODD_TEST_SIZE) == pytest.approx(logged["test/acc"][epoch], abs=1e-6)
-    _, probabilities = checkpoint_outputs(run, images)
-    predicted = probabilities.argmax(dim=1)
-    expected = [float((predicted[labels == index] == index).double().mean()) for index in range(10)]
-    final = [logged[f"{PER_CLASS_TAG}/{name}"][2] for name in NAMES]
-    assert final == pytest.approx(expected, abs=1e-6)
-    assert any(0 < value < 1 for value in final), final  # a process's share alone would not give these
 
 
 @pytest.fixture(scope="module")

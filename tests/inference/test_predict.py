@@ -67,7 +67,7 @@ def trained_on_real_subset(make_config, tmp_path: Path, request: pytest.FixtureR
 @pytest.mark.real_data
 @pytest.mark.parametrize("trained_on_real_subset", ["mnist", "fashion"], indirect=True)
 def test_pictures_get_the_models_predictions_on_the_original_tensors(
-    trained_on_real_subset: tuple[str, Path], run_cli, tmp_path: Path
+    trained_on_real_subset: tuple[str, Path], run_command, tmp_path: Path
 ) -> None:
     dataset, checkpoint = trained_on_real_subset
     images, _ = real_split(dataset, train=False, count=PICTURES)
@@ -80,7 +80,9 @@ def test_pictures_get_the_models_predictions_on_the_original_tensors(
         rgb.save(folder / f"{i:02d}_resized.png")
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
 
-    done = run_cli(f"ckpt_path={checkpoint}", f"inputs={folder}", "output=preds.csv", module="lenet_lightning.predict")
+    done = run_command(
+        f"ckpt_path={checkpoint}", f"inputs={folder}", "output=preds.csv", module="lenet_lightning.predict"
+    )
     assert done.returncode == 1, done.stderr[-3000:]  # a file was skipped; the others are still predicted
     assert f"skipped {folder / 'corrupt.png'}: " in done.stderr
     assert f"1 of {3 * PICTURES + 1} files skipped" in done.stderr

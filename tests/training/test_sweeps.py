@@ -34,9 +34,9 @@ def assert_png(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_lr_sweep_names_runs_and_summarises_them(run_cli, tmp_path: Path, tiny_data_dir: Path) -> None:
+def test_lr_sweep_names_runs_and_summarises_them(run_command, tmp_path: Path, tiny_data_dir: Path) -> None:
     lrs = ("0.05", "0.3", "0.9")
-    done = run_cli("-m", f"lr={','.join(lrs)}", *TINY_SWEEP)
+    done = run_command("-m", f"lr={','.join(lrs)}", *TINY_SWEEP)
     assert done.returncode == 0, done.stderr[-3000:]
     sweep_dir = sweep_dir_of(tmp_path)
     names = {f"epochs=2,lr={lr},model.activation=relu" for lr in lrs}
@@ -76,19 +76,19 @@ def test_lr_sweep_names_runs_and_summarises_them(run_cli, tmp_path: Path, tiny_d
 
 
 @pytest.mark.slow
-def test_failed_and_diverged_runs_do_not_stop_the_sweep(run_cli, tiny_data_dir: Path, tmp_path: Path) -> None:
+def test_failed_and_diverged_runs_do_not_stop_the_sweep(run_command, tiny_data_dir: Path, tmp_path: Path) -> None:
     # The job with an empty data folder fails as it looks for its files (download=false); lr=1e+30 turns the ReLU
     # net's loss into NaN (diverged). A value the config check refuses stops the sweep before it starts, and so do
     # jobs that would share a folder (names leave data_dir out).
     empty = tmp_path / "no-data"
     empty.mkdir()
-    refused = run_cli("-m", "lr=-1,0.3", *TINY_SWEEP)
+    refused = run_command("-m", "lr=-1,0.3", *TINY_SWEEP)
     assert refused.returncode == 2 and "sweep job lr=-1" in refused.stderr and not (tmp_path / "outputs").exists()
-    shared = run_cli("-m", f"data_dir={tiny_data_dir},{empty}", *TINY_SWEEP)
+    shared = run_command("-m", f"data_dir={tiny_data_dir},{empty}", *TINY_SWEEP)
     assert shared.returncode == 2 and "would share the run folder" in shared.stderr, shared.stderr
 
     numbered = ("hydra.sweep.subdir=job${hydra.job.num}", "dataset.download=false")  # a folder per job
-    done = run_cli("-m", f"data_dir={tiny_data_dir},{empty}", "lr=1e+30,0.3", *numbered, *TINY_SWEEP)
+    done = run_command("-m", f"data_dir={tiny_data_dir},{empty}", "lr=1e+30,0.3", *numbered, *TINY_SWEEP)
     assert done.returncode != 0
     assert "2 of 4 runs failed" in done.stderr
     sweep_dir = sweep_dir_of(tmp_path)
@@ -112,7 +112,7 @@ def make_job_folder(folder: Path, overrides: str) -> Path:
 
 
 @pytest.mark.slow
-def test_damaged_and_interrupted_runs_get_rows_and_never_stop_the_summary(run_cli, tmp_path: Path) -> None:
+def test_damaged_and_interrupted_runs_get_rows_and_never_stop_the_summary(run_command, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     (make_job_folder(sweep_dir / "old-empty", "- lr=0.1\n") / "result.json").write_text("")  # a disk filled up
     (sweep_dir / "multirun.yaml").write_text("hydra:\n  job:\n    name: train\n")  # an earlier sweep's folder
@@ -126,7 +126,7 @@ def test_damaged_and_interrupted_runs_get_rows_and_never_stop_the_summary(run_cl
         f"+callbacks.fault.signum={int(signal.SIGTERM)}",
         "+callbacks.fault.marker=fired",
     )
-    done = run_cli(
+    done = run_command(
         "-m", "epochs=1,2", "model.activation=relu", f"hydra.sweep.dir={sweep_dir}",
         "hydra.sweep.subdir=epochs${epochs}", *terminate_in_epoch_2,
     )  # fmt: skip
@@ -145,10 +145,10 @@ def test_damaged_and_interrupted_runs_get_rows_and_never_stop_the_summary(run_cl
 
 
 @pytest.mark.slow
-def test_a_sweep_run_again_into_its_folder_reports_each_runs_own_wall_time(run_cli, tmp_path: Path) -> None:
+def test_a_sweep_run_again_into_its_folder_reports_each_runs_own_wall_time(run_command, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     for _ in range(2):
-        done = run_cli("-m", "lr=0.3", "epochs=1", f"hydra.sweep.dir={sweep_dir}")
+        done = run_command("-m", "lr=0.3", "epochs=1", f"hydra.sweep.dir={sweep_dir}")
         assert done.returncode == 0, done.stderr[-3000:]
     (row,) = read_summary(sweep_dir)
     run_dir = sweep_dir / row["run"]

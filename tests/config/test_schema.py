@@ -1,7 +1,7 @@
 """The one config schema: every value users set is checked, bad ones are refused in one line naming the key.
 
-Fast tests compose the real configs in process and run the schema check; the slow ones go through the
-real command line of all four commands.
+Tests compose the real configs in process and run the schema check, then run all four commands in this process
+(``run_command``); tests/cli/test_console_scripts.py checks the same contract once per command in its own process.
 """
 
 import dataclasses
@@ -255,24 +255,22 @@ def assert_one_line_exit_2(done: subprocess.CompletedProcess, *fragments: str) -
     return lines[0]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("command", "args", "key"), CLI_CASES, ids=[case_id(c) for c in CLI_CASES])
-def test_command_line_refuses_bad_value_in_one_line(run_cli, tmp_path: Path, command: str, args: tuple, key: str):
-    done = run_cli(*args, module=f"lenet_lightning.{command}")
+def test_command_line_refuses_bad_value_in_one_line(run_command, tmp_path: Path, command: str, args: tuple, key: str):
+    done = run_command(*args, module=f"lenet_lightning.{command}")
     assert_one_line_exit_2(done, f"error: {key}")
     assert not (tmp_path / "outputs").exists(), "bad input leaves no run folder"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("command", "override", "hint"), TYPOS)
-def test_command_line_typo_gets_did_you_mean(run_cli, command: str, override: str, hint: str) -> None:
-    assert_one_line_exit_2(run_cli(override, module=f"lenet_lightning.{command}"), hint)
+def test_command_line_typo_gets_did_you_mean(run_command, command: str, override: str, hint: str) -> None:
+    assert_one_line_exit_2(run_command(override, module=f"lenet_lightning.{command}"), hint)
 
 
 @pytest.mark.slow
-def test_multirun_from_the_config_leaves_no_empty_run_folder(run_cli, tmp_path: Path) -> None:
+def test_multirun_from_the_config_leaves_no_empty_run_folder(run_command, tmp_path: Path) -> None:
     """``hydra.mode=MULTIRUN`` (as ``hparams_search=lr_optuna`` sets it) is a sweep: no single-run folder."""
-    done = run_cli("hydra.mode=MULTIRUN", "epochs=1", "accelerator=cpu")
+    done = run_command("hydra.mode=MULTIRUN", "epochs=1", "accelerator=cpu", "~callbacks.error_analysis")
     assert done.returncode == 0, done.stderr[-3000:]
     assert not (tmp_path / "outputs" / "runs").exists()
     (job,) = (tmp_path / "outputs" / "multirun").glob("*/*/*/result.json")

@@ -1,8 +1,11 @@
-"""Scaling out on real engines: several processes per run (Lightning DDP) and parallel sweeps (Hydra launchers)."""
+"""One run over several processes (Lightning DDP on the CPU) and over two nodes, as real processes.
+
+``trainer=ddp_cpu`` spawns its training processes, ``trainer=ddp`` starts the command again per process, and
+``trainer=ddp_multinode`` is started once per node: each is a real ``python -m lenet_lightning.train``.
+"""
 
 import hashlib
 import json
-import pickle
 import socket
 import subprocess
 import sys
@@ -10,18 +13,22 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from lenet_lightning.data.datamodule import MNISTDataModule
 from lenet_lightning.model.classifier import LeNetClassifier
-from lenet_lightning.training.run import build, fit
-from tests.conftest import CONFIG_DIR, TINY_TRAIN, cli_env, rank_shards, write_tiny_dataset
+from lenet_lightning.reporting.per_class_accuracy import PER_CLASS_TAG
+from lenet_lightning.runs.layout import LAST_CHECKPOINT
+from lenet_lightning.training.run import fit
+from tests.conftest import TINY_TRAIN, cli_env, make_tiny_split, write_idx, write_tiny_dataset
+from tests.reliability_faults import NO_FIGURES
+from tests.reporting.test_tensorboard_insight import NAMES, checkpoint_outputs, scalars, tiny_test_set
 
+pytestmark = pytest.mark.slow  # every test starts several training processes
 ODD_TEST_SIZE = 101  # not a multiple of the process count: a padded evaluation shard would count one image twice
 
 
@@ -55,60 +62,22 @@ def fingerprints(images: torch.Tensor) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def odd_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("odd_data")
-    write_tiny_dataset(root, "MNIST", n_test=ODD_TEST_SIZE)
+def noisy_odd_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny MNIST with 101 test images, a third of their labels drawn at random: each class is then partly right,
+    differently in each process's share."""
+    root = tmp_path_factory.mktemp("noisy_odd_data")
+    raw = write_tiny_dataset(root, "MNIST", n_test=ODD_TEST_SIZE)
+    _, labels = make_tiny_split(ODD_TEST_SIZE, seed=1)
+    rng = np.random.default_rng(0)
+    relabelled = rng.random(ODD_TEST_SIZE) < 1 / 3
+    labels[relabelled] = rng.integers(0, 10, relabelled.sum())
+    write_idx(raw / "t10k-labels-idx1-ubyte", labels)
     return root
 
 
-def test_evaluation_shards_are_disjoint_unpadded_and_cover_the_set() -> None:
-    shards = rank_shards(ODD_TEST_SIZE, world_size=2, batch_size=8)
-    seen = [torch.cat([batch_labels for _, batch_labels in shard]).tolist() for shard in shards]
-    assert [len(s) for s in seen] == [51, 50]
-    assert [len(shard) for shard in shards] == [7, 7]
-    assert sorted(seen[0] + seen[1]) == list(range(ODD_TEST_SIZE))
-
-
-def test_training_shards_reshuffle_every_epoch_identically_on_every_rank() -> None:
-    shards = rank_shards(20, world_size=2, batch_size=4, seed=5)
-    epochs = [[shard.indices().tolist() for shard in shards] for _ in range(2)]
-    for rank0, rank1 in epochs:
-        assert not set(rank0) & set(rank1)
-        assert sorted(rank0 + rank1) == list(range(20))
-    assert epochs[0] != epochs[1]
-
-
-def test_datamodule_pickles_with_its_shuffling_state() -> None:
-    """ddp_spawn pickles the DataModule into each process; the copy must draw the same permutations."""
-    datamodule = MNISTDataModule(seed=3)
-    torch.randperm(10, generator=datamodule.shuffle_generator)  # advance past the seed's first draw
-    copy = pickle.loads(pickle.dumps(datamodule))
-    assert torch.equal(
-        torch.randperm(10, generator=copy.shuffle_generator), torch.randperm(10, generator=datamodule.shuffle_generator)
-    )
-
-
-@pytest.mark.parametrize(
-    ("option", "launcher", "processes"),
-    [("ddp", _SubprocessScriptLauncher, 1), ("ddp_cpu", _MultiProcessingLauncher, 2), ("ddp_multinode", None, 2)],
-)
-def test_trainer_options_pick_the_intended_strategy(make_config, option: str, launcher, processes: int) -> None:
-    _, _, trainer = build(make_config(f"trainer={option}", "accelerator=cpu"))
-    if launcher is not None:
-        assert isinstance(trainer.strategy.launcher, launcher)
-    assert trainer.world_size == processes  # ddp: every visible device, here one CPU; multinode: 2 nodes x 1
-
-
-def test_slurm_launcher_composes_with_one_process_per_gpu() -> None:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.tasks_per_node == launcher.gpus_per_node == 1
-
-
-@pytest.mark.slow
-def test_two_cpu_processes_train_one_run_with_synced_metrics(run_cli, odd_data_dir: Path, tmp_path: Path) -> None:
+def test_two_cpu_processes_train_one_run_with_synced_metrics_and_per_class_accuracy(
+    run_cli, noisy_odd_data_dir: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     done = run_cli(
         "trainer=ddp_cpu",
@@ -116,11 +85,13 @@ def test_two_cpu_processes_train_one_run_with_synced_metrics(run_cli, odd_data_d
         "dataset.batch_size=32",
         "model.activation=relu",  # learns within the 16 steps, so the accuracy compared below is not chance
         "lr=0.1",
-        "+callbacks.shard_recorder._target_=tests.test_scale_out.ShardRecorder",
+        NO_FIGURES,
+        f"+callbacks.shard_recorder._target_={__name__}.ShardRecorder",
         f"hydra.run.dir={run}",
-        data_dir=odd_data_dir,
+        data_dir=noisy_odd_data_dir,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert PER_CLASS_TAG not in done.stderr  # no warning about them (such as Lightning's sync_dist advice)
 
     # One run folder, written by rank 0 only: one event file, one checkpoint, one result, one summary.
     assert sorted(path.name for path in tmp_path.rglob("events.out.tfevents.*")) == [
@@ -132,7 +103,7 @@ def test_two_cpu_processes_train_one_run_with_synced_metrics(run_cli, odd_data_d
     assert result["device"] == "2 x cpu" and result["examples_per_second"] > 0
 
     # The logged test accuracy is that of the final weights on the whole test set, each image counted once.
-    datamodule = MNISTDataModule(data_dir=str(odd_data_dir))
+    datamodule = MNISTDataModule(data_dir=str(noisy_odd_data_dir))
     datamodule.setup()
     images, labels = datamodule.splits["test"]
     module = LeNetClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -144,6 +115,20 @@ def test_two_cpu_processes_train_one_run_with_synced_metrics(run_cli, odd_data_d
     assert len(logged) == 2
     assert logged[-1] == pytest.approx(expected, abs=1e-6)
     assert result["test_acc"] == pytest.approx(expected, abs=1e-6)
+
+    # Per-class accuracy counts every process's share: weighted by the class sizes it adds up to test/acc.
+    images, labels = tiny_test_set(noisy_odd_data_dir)
+    counts = torch.bincount(labels, minlength=10).double()
+    curves = scalars(run)
+    for epoch in (1, 2):
+        accuracies = torch.tensor([curves[f"{PER_CLASS_TAG}/{name}"][epoch] for name in NAMES], dtype=torch.float64)
+        assert float((accuracies * counts).sum() / ODD_TEST_SIZE) == pytest.approx(curves["test/acc"][epoch], abs=1e-6)
+    _, probabilities = checkpoint_outputs(run, images)
+    predicted = probabilities.argmax(dim=1)
+    per_class = [float((predicted[labels == index] == index).double().mean()) for index in range(10)]
+    final = [curves[f"{PER_CLASS_TAG}/{name}"][2] for name in NAMES]
+    assert final == pytest.approx(per_class, abs=1e-6)
+    assert any(0 < value < 1 for value in final), final  # a process's share alone would not give these
 
     # Each process trained on its own half of every epoch; together they covered the whole training set.
     ranks = [json.loads((run / f"shards-rank{rank}.json").read_text()) for rank in range(2)]
@@ -157,7 +142,17 @@ def test_two_cpu_processes_train_one_run_with_synced_metrics(run_cli, odd_data_d
     assert ranks[0][0] != ranks[0][1]  # a new shuffle every epoch
 
 
-@pytest.mark.slow
+def test_resume_of_a_run_over_several_processes(run_cli, tmp_path: Path) -> None:
+    """The extra ddp processes compose the resumed config too; only rank 0 claims the folder and logs."""
+    run = tmp_path / "run"
+    ddp = ("trainer=ddp", "accelerator=cpu", "trainer.devices=2", NO_FIGURES)
+    started = run_cli(*ddp, "epochs=1", f"hydra.run.dir={run}")
+    assert started.returncode == 0, started.stderr[-3000:]
+    resumed = run_cli(f"resume={run}", "epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(run / LAST_CHECKPOINT, weights_only=True)["epoch"] + 1 == 2
+
+
 def test_two_nodes_on_one_machine_train_as_one_process_with_their_global_batch(
     make_config, tiny_data_dir: Path, tmp_path: Path
 ) -> None:
@@ -202,40 +197,3 @@ def test_two_nodes_on_one_machine_train_as_one_process_with_their_global_batch(
     weights = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True) for folder in (run, one.output_dir)]
     assert weights[0]["global_step"] == weights[1]["global_step"] == 2 * TINY_TRAIN // 64
     torch.testing.assert_close(weights[0]["state_dict"], weights[1]["state_dict"], rtol=0, atol=1e-12)
-
-
-@pytest.mark.slow
-def test_joblib_launcher_runs_a_sweep_in_parallel_processes(run_cli, tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    done = run_cli(
-        "-m", "hydra/launcher=parallel", "epochs=1", "accelerator=cpu", "lr=0.1,0.3", f"hydra.sweep.dir={sweep}"
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = {path.parent.name: json.loads(path.read_text()) for path in sweep.glob("*/result.json")}
-    assert sorted(results) == ["accelerator=cpu,epochs=1,lr=0.1", "accelerator=cpu,epochs=1,lr=0.3"]
-    assert all(result["status"] == "completed" for result in results.values())
-    summary = (sweep / "summary.csv").read_text()  # written by the launching process once both jobs returned
-    assert all(name in summary for name in results)
-    assert "Joblib" in done.stdout + done.stderr  # the plugin, not the sequential basic launcher, ran the jobs
-
-
-@pytest.mark.slow
-def test_multirun_with_reexecuting_ddp_fails_fast_with_the_fix(run_cli, tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    start = time.monotonic()
-    done = run_cli(
-        "-m",
-        "trainer=ddp",
-        "accelerator=cpu",
-        "trainer.devices=2",
-        "lr=0.1,0.3",
-        f"hydra.sweep.dir={sweep}",
-        timeout=120,
-    )
-    assert time.monotonic() - start < 120
-    assert done.returncode == 2
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]  # then where the summary is
-    assert len(errors) == 1 and errors[0].startswith("error: the ddp strategy re-runs the command")
-    assert "trainer=ddp_cpu" in errors[0]
-    assert "Traceback" not in done.stderr
-    assert not list(sweep.rglob("*.ckpt")) and not list(sweep.rglob("events.out.tfevents.*"))

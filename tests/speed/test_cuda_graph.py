@@ -26,7 +26,7 @@ from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.speed.cuda_graph import WARM_UP_STEPS, CapturedTrainingStep, refuse_unsupported_cuda_graph
 from lenet_lightning.training.run import build, fit
 from tests.conftest import REAL_DATA_DIR
-from tests.test_reliability_faults import fault, fit_until_ctrl_c
+from tests.reliability_faults import fault, fit_until_ctrl_c
 
 NO_FIGURES = "~callbacks.error_analysis"  # rendering the figures costs seconds and is not what is tested here
 # Momentum, weight decay, batch norm and a per-step schedule: every piece of state a captured update must carry.

@@ -1,4 +1,4 @@
-"""End to end through the real command line on tiny data: run folder, checkpoint, event files, summary."""
+"""The training command end to end on tiny data, run in this process: run folder, checkpoint, event files, summary."""
 
 import json
 import re
@@ -9,8 +9,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lenet_lightning.model.classifier import LeNetClassifier
+from tests.reliability_faults import NO_FIGURES
 
-pytestmark = pytest.mark.slow  # every test runs the command line in a subprocess
 EPOCHS = 3
 
 
@@ -20,9 +20,12 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
-def test_training_run_writes_checkpoint_events_and_summary(run_cli, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_training_run_writes_checkpoint_events_and_summary(run_command, tmp_path: Path) -> None:
     run_dir = tmp_path / "outputs" / "my_run"
-    done = run_cli(f"epochs={EPOCHS}", "accelerator=cpu", "dataset.batch_size=64", f"hydra.run.dir={run_dir}")
+    done = run_command(
+        f"epochs={EPOCHS}", "accelerator=cpu", "dataset.batch_size=64", NO_FIGURES, f"hydra.run.dir={run_dir}"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -46,11 +49,12 @@ def test_training_run_writes_checkpoint_events_and_summary(run_cli, tmp_path: Pa
     assert "tensorboard --logdir outputs/my_run\n" in done.stdout  # relative to the working directory
 
 
-def test_hparams_tab_lists_the_run_with_test_accuracy(run_cli, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_hparams_tab_lists_the_run_with_test_accuracy(run_command, tmp_path: Path) -> None:
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     run_dir = tmp_path / "hp_run"
-    done = run_cli("epochs=1", "lr=0.3", f"hydra.run.dir={run_dir}")
+    done = run_command("epochs=1", "lr=0.3", NO_FIGURES, f"hydra.run.dir={run_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     accumulator = EventAccumulator(str(run_dir))
     accumulator.Reload()
@@ -62,25 +66,21 @@ def test_hparams_tab_lists_the_run_with_test_accuracy(run_cli, tmp_path: Path) -
     assert session.hparams["dataset.name"].string_value == "mnist"
 
 
-def test_same_seed_twice_gives_identical_metrics(run_cli, tmp_path: Path) -> None:
-    runs = [tmp_path / "first", tmp_path / "second"]
-    for run_dir in runs:
-        done = run_cli("epochs=1", "seed=0", "lr=0.3", f"hydra.run.dir={run_dir}")
+@pytest.mark.slow
+def test_same_seed_gives_identical_metrics_and_another_seed_other_curves(run_command, tmp_path: Path) -> None:
+    runs = {name: tmp_path / name for name in ("first", "second", "other")}
+    for name, run_dir in runs.items():
+        seed = 1 if name == "other" else 0
+        done = run_command("epochs=1", f"seed={seed}", "lr=0.3", NO_FIGURES, f"hydra.run.dir={run_dir}")
         assert done.returncode == 0, done.stderr[-3000:]
-    first, second = (scalars(run_dir) for run_dir in runs)
+    first, second, other = (scalars(run_dir) for run_dir in runs.values())
     assert first == second
     assert set(first) >= {"train/loss", "train/acc", "test/acc"}
+    assert first["train/loss"] != other["train/loss"]
 
 
-def test_different_seeds_give_different_curves(run_cli, tmp_path: Path) -> None:
-    runs = {seed: tmp_path / f"seed{seed}" for seed in (0, 1)}
-    for seed, run_dir in runs.items():
-        assert run_cli("epochs=1", f"seed={seed}", f"hydra.run.dir={run_dir}").returncode == 0
-    assert scalars(runs[0])["train/loss"] != scalars(runs[1])["train/loss"]
-
-
-def test_missing_data_is_one_line_and_exit_2(run_cli, tmp_path: Path) -> None:
-    done = run_cli("dataset=fashion", f"hydra.run.dir={tmp_path / 'r'}", data_dir=tmp_path / "empty", timeout=60)
+def test_missing_data_is_one_line_and_exit_2(run_command, tmp_path: Path) -> None:
+    done = run_command("dataset=fashion", f"hydra.run.dir={tmp_path / 'r'}", data_dir=tmp_path / "empty")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("error: FashionMNIST files could not be downloaded"), done.stderr

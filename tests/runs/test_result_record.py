@@ -73,7 +73,7 @@ def small_disk(tmp_path: Path):
 
 def fill_disk(mount: Path, epoch: int, **options: object) -> list[str]:
     overrides = [
-        "+callbacks.fill_disk._target_=tests.test_results_integrity.FillDisk",
+        "+callbacks.fill_disk._target_=tests.runs.test_result_record.FillDisk",
         f"+callbacks.fill_disk.folder={mount}",
         f"+callbacks.fill_disk.epoch={epoch}",
     ]
@@ -115,9 +115,9 @@ def test_a_result_json_that_does_not_fit_leaves_the_previous_one_whole(small_dis
 
 
 @pytest.mark.slow
-def test_a_run_writes_strict_json_for_a_diverged_run(run_cli, tmp_path: Path) -> None:
+def test_a_run_writes_strict_json_for_a_diverged_run(run_command, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    done = run_cli("model.activation=relu", "lr=1e20", "epochs=1", *QUICK, f"hydra.run.dir={run}")
+    done = run_command("model.activation=relu", "lr=1e20", "epochs=1", *QUICK, f"hydra.run.dir={run}")
     assert done.returncode == 3, done.stderr[-3000:]
     result = strict_json(run / "result.json")
     assert result["status"] == "diverged" and result["train_loss"] is None
@@ -206,10 +206,10 @@ def test_out_of_disk_errors_are_recognised_behind_torch_s_runtime_error() -> Non
 
 @pytest.mark.slow
 def test_disk_full_while_training_ends_in_one_line_with_a_resume_command_that_works(
-    run_cli, small_disk: Path, tmp_path: Path
+    run_command, small_disk: Path, tmp_path: Path
 ) -> None:
     run = small_disk / "run"
-    done = run_cli("epochs=3", *QUICK, f"hydra.run.dir={run}", *fill_disk(small_disk, 2, leave_bytes=LEAVE_BYTES))
+    done = run_command("epochs=3", *QUICK, f"hydra.run.dir={run}", *fill_disk(small_disk, 2, leave_bytes=LEAVE_BYTES))
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
@@ -220,7 +220,7 @@ def test_disk_full_while_training_ends_in_one_line_with_a_resume_command_that_wo
     os.truncate(small_disk / "filler", 0)  # free the space, then paste the command the message gave
     command = shlex.split(line.split("continue with ")[-1])
     assert command[:3] == ["python", "-m", "lenet_lightning.train"] and command[3].startswith("resume="), line
-    resumed = run_cli(*command[3:])
+    resumed = run_command(*command[3:])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = strict_json(run / "result.json")
     assert result["status"] == "completed" and result["epochs"] == 3
@@ -259,9 +259,9 @@ def test_fit_tells_no_epoch_from_divergence(make_config, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_a_run_that_trains_no_epoch_is_never_reported_as_diverged(run_cli, tmp_path: Path) -> None:
+def test_a_run_that_trains_no_epoch_is_never_reported_as_diverged(run_command, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    done = run_cli("epochs=1", "+trainer.limit_train_batches=0", *QUICK, f"hydra.run.dir={run}")
+    done = run_command("epochs=1", "+trainer.limit_train_batches=0", *QUICK, f"hydra.run.dir={run}")
     assert done.returncode not in (0, 3), done.stderr[-3000:]
     assert "diverged" not in done.stdout + done.stderr
     assert "no epoch ran: no training batches" in done.stderr
@@ -269,8 +269,8 @@ def test_a_run_that_trains_no_epoch_is_never_reported_as_diverged(run_cli, tmp_p
 
 
 @pytest.mark.slow
-def test_lr_nan_is_refused_before_the_run_starts(run_cli, tmp_path: Path) -> None:
-    done = run_cli("lr=nan", f"hydra.run.dir={tmp_path / 'run'}")
+def test_lr_nan_is_refused_before_the_run_starts(run_command, tmp_path: Path) -> None:
+    done = run_command("lr=nan", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2 and done.stderr.startswith("error: lr=nan is not allowed"), done.stderr
     assert not (tmp_path / "run").exists()
 
@@ -285,18 +285,18 @@ def test_batch_norm_with_batches_of_one_is_refused_before_any_work(make_config, 
 
 
 @pytest.mark.slow
-def test_batch_norm_with_batch_size_1_is_one_line_and_exit_2(run_cli, tmp_path: Path) -> None:
-    done = run_cli("model=lenet_bn", "dataset.batch_size=1", f"hydra.run.dir={tmp_path / 'run'}")
+def test_batch_norm_with_batch_size_1_is_one_line_and_exit_2(run_command, tmp_path: Path) -> None:
+    done = run_command("model=lenet_bn", "dataset.batch_size=1", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "dataset.batch_size=2 or more" in errors[0], done.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_batch_norm_trains_through_a_last_training_batch_of_one_example(run_cli, tmp_path: Path) -> None:
+def test_batch_norm_trains_through_a_last_training_batch_of_one_example(run_command, tmp_path: Path) -> None:
     run = tmp_path / "run"
     val_size = TINY_TRAIN - 256 - 1  # 257 training images in batches of 256: the last would hold one
-    done = run_cli(
+    done = run_command(
         "experiment=best_mnist", f"dataset.val_size={val_size}", "epochs=2", *QUICK[1:], f"hydra.run.dir={run}"
     )
     assert done.returncode == 0, done.stderr[-3000:]

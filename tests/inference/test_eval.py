@@ -12,25 +12,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lenet_lightning.errors import UserError
 from lenet_lightning.inference.checkpoint import load_checkpoint
 from lenet_lightning.inference.evaluate import evaluate
-from tests.conftest import TINY_TEST, run_module
-
-EPOCHS = 2
+from tests.conftest import TINY_TEST
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A short training run through the real CLI: run folder with .hydra/, event file and checkpoints/last.ckpt."""
-    folder = tmp_path_factory.mktemp("eval") / "run"
-    done = run_module(
-        "lenet_lightning.train",
-        f"epochs={EPOCHS}",
-        "accelerator=cpu",
-        f"hydra.run.dir={folder}",
-        cwd=folder.parent,
-        data_dir=tiny_data_dir,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder
+@pytest.fixture
+def run_dir(tiny_trained_run_copy: Path) -> Path:
+    """This test's copy of the shared one-epoch run: run folder with .hydra/, event file and checkpoints/last.ckpt."""
+    return tiny_trained_run_copy
 
 
 def logged_test_acc(folder: Path) -> float:
@@ -40,10 +28,8 @@ def logged_test_acc(folder: Path) -> float:
 
 
 @pytest.mark.slow
-def test_eval_cli_reproduces_the_runs_test_accuracy_with_a_per_class_table(run_dir: Path, tiny_data_dir: Path) -> None:
-    done = run_module(
-        "lenet_lightning.eval", f"ckpt_path={run_dir}/checkpoints/last.ckpt", cwd=run_dir.parent, data_dir=tiny_data_dir
-    )
+def test_eval_cli_reproduces_the_runs_test_accuracy_with_a_per_class_table(run_dir: Path, run_command) -> None:
+    done = run_command(f"ckpt_path={run_dir}/checkpoints/last.ckpt", module="lenet_lightning.eval")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((run_dir / "eval" / "last" / "eval.json").read_text())
     assert report["test_acc"] == logged_test_acc(run_dir)  # same float32 value, not merely close
@@ -61,20 +47,19 @@ def test_eval_cli_reproduces_the_runs_test_accuracy_with_a_per_class_table(run_d
 
 @pytest.mark.slow
 def test_checkpoint_outside_its_run_folder_is_recognised_by_its_class_names(
-    run_dir: Path, tiny_data_dir: Path, tmp_path: Path
+    tiny_trained_run: Path, tiny_data_dir: Path, tmp_path: Path
 ) -> None:
     alone = tmp_path / "shared" / "model.ckpt"
     alone.parent.mkdir()
-    shutil.copy(run_dir / "checkpoints" / "last.ckpt", alone)
+    shutil.copy(tiny_trained_run / "checkpoints" / "last.ckpt", alone)
     result = evaluate(str(alone), data_dir=str(tiny_data_dir), accelerator="cpu")
     assert result["dataset"] == "mnist"
-    assert result["test_acc"] == logged_test_acc(run_dir)
+    assert result["test_acc"] == logged_test_acc(tiny_trained_run)
     assert Path(result["output_dir"]) == tmp_path / "shared" / "eval" / "model"
 
 
-@pytest.mark.slow
-def test_run_folder_as_ckpt_path_means_its_last_checkpoint(run_dir: Path) -> None:
-    assert load_checkpoint(str(run_dir)).path == run_dir / "checkpoints" / "last.ckpt"
+def test_run_folder_as_ckpt_path_means_its_last_checkpoint(tiny_trained_run: Path) -> None:
+    assert load_checkpoint(str(tiny_trained_run)).path == tiny_trained_run / "checkpoints" / "last.ckpt"
 
 
 def test_invalid_checkpoints_get_a_message_naming_the_problem(tmp_path: Path) -> None:
