@@ -1,1 +1,1 @@
-"""A training run: build and fit, its callbacks, its checkpoints and its run folder."""
+"""A training run: the checks before it (preflight), build and fit, and the callbacks that keep it honest."""
