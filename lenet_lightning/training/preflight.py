@@ -55,11 +55,6 @@ def check_run_rules(cfg: DictConfig) -> None:
             f"dataset.val_size={val_size} leaves no training examples (the training set has {examples}); "
             f"use a dataset.val_size below {examples}"
         )
-    if batch_norm and (examples - val_size) % batch_size == 1:
-        raise UserError(
-            f"dataset.val_size={val_size} and dataset.batch_size={batch_size} leave a last training batch of one "
-            "example, on which batch norm cannot train; change either by one"
-        )
     schedule = cfg.scheduler
     if schedule.get("name") == "onecycle":
         steps = math.ceil((examples - val_size) / batch_size) * int(cfg.trainer.max_epochs)
