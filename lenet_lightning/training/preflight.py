@@ -9,7 +9,6 @@ Torch is imported only once the schema has passed (the rules read data files and
 mistyped value is refused in about a second.
 """
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,8 @@ def check_run_rules(cfg: DictConfig) -> None:
         )
     schedule = cfg.scheduler
     if schedule.get("name") == "onecycle":
-        steps = math.ceil((examples - val_size) / batch_size) * int(cfg.trainer.max_epochs)
+        full, remainder = divmod(examples - val_size, batch_size)  # a last batch of one joins the one before it
+        steps = (full + (1 if remainder > 1 or (remainder == 1 and not full) else 0)) * int(cfg.trainer.max_epochs)
         limit = cfg.trainer.get("limit_train_batches")
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
             steps = min(limit, steps // int(cfg.trainer.max_epochs)) * int(cfg.trainer.max_epochs)
