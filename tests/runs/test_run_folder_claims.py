@@ -5,7 +5,6 @@ the fast ones call the pieces (lock, quoting, checkpoint checks) directly.
 """
 
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -147,7 +146,7 @@ def test_resuming_a_complete_run_says_so_and_touches_nothing(run_command, finish
     checkpoint = f"ckpt_path={run / LAST_CHECKPOINT}"
     commands = [
         (f"resume={run}", [f"resume={run}"]),
-        (f"resume={run}", [f"resume={run}", "dataset.val_size=600"]),  # would empty the tiny training set
+        (f"resume={run}", [f"resume={run}", "dataset.val_size=300"]),  # another split: still nothing to train
         (checkpoint, [checkpoint, *FINISHED, f"hydra.run.dir={new_folder}"]),  # a new run from it: nothing to train
     ]
     for named, args in commands:
@@ -166,7 +165,7 @@ def test_a_run_that_trains_no_epoch_is_not_reported_as_diverged(run_command, tmp
     assert done.returncode == 2, done.stderr[-3000:]
     assert "diverged" not in done.stdout + done.stderr
     assert "leaves no training examples" in done.stderr.strip().splitlines()[-1]  # refused before any work
-    assert json.loads((run / "result.json").read_text())["status"] == "no_epochs"
+    assert not (run / "result.json").exists()
 
 
 def crafted_checkpoint(path: Path, epoch: int, classes: list[str], net: dict) -> Path:
@@ -226,7 +225,9 @@ def test_a_run_without_saved_overrides_is_told_apart_by_its_checkpoint(
     run = copy_of(finished_run, tmp_path)
     (run / ".hydra" / "overrides.yaml").unlink()
     before = snapshot(run)
-    one_line_error(run_command(f"resume={run}", "epochs=2"), "trained on dataset=fashion, not mnist")
+    one_line_error(
+        run_command(f"resume={run}", "epochs=2"), "overrides.yaml is missing, so the run's overrides are unknown"
+    )
     one_line_error(run_command(f"resume={run}", "epochs=2", "dataset=fashion"), "model.batch_norm=true")
     assert snapshot(run) == before
     resumed = run_command(f"resume={run}", "epochs=2", *FINISHED[:2], "dataset.batch_size=128", NO_FIGURES)
