@@ -12,7 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +232,34 @@ def tiny_trained_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFacto
 def tiny_trained_run_copy(tiny_trained_run: Path, tmp_path: Path) -> Path:
     """A copy of ``tiny_trained_run`` under ``tmp_path`` (``tmp_path/run``), for a test that writes into it."""
     return Path(shutil.copytree(tiny_trained_run, tmp_path / "run"))
+
+
+@pytest.fixture(autouse=True)
+def process_state_restored() -> Iterator[None]:
+    """What an in-process command changes for the whole process is put back after each test.
+
+    A command sets Hydra's singletons, the root logger's handlers, ``HYDRA_FULL_ERROR``, ``logging.raiseExceptions``
+    and the SIGINT/SIGTERM handlers, as a process it ends would never notice; the next test in the worker would.
+    """
+    import logging
+    import signal
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    root = logging.getLogger()
+    handlers, level, raise_exceptions = list(root.handlers), root.level, logging.raiseExceptions
+    signals = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    yield
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.raiseExceptions = raise_exceptions
+    for signum, handler in signals.items():
+        signal.signal(signum, handler)
+    if full_error is None:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+    else:
+        os.environ["HYDRA_FULL_ERROR"] = full_error
