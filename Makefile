@@ -1,7 +1,7 @@
 # Entry points for a fresh clone: each target creates .venv when it is missing.
 #   make train ARGS="dataset=fashion"   installs what training needs, then trains
 #   make test                           installs the dev extras, runs every test (what CI runs)
-#   make test-fast                      the edit loop: pytest -m "not slow", under a minute
+#   make test-fast                      the edit loop: pytest -m "not slow", one process per core
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,10 +23,10 @@ train: $(VENV)/.installed-train
 	$(BIN)/python -m lenet_lightning.train $(ARGS)
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto -m "not slow" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -9,10 +9,8 @@ if __name__ == "__main__":  # before the imports below, which a Ctrl-C would oth
     end_quietly_on_signals("eval")
 
 
-import json
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -21,8 +19,7 @@ from lenet_lightning.config.check import check_sweep_job
 from lenet_lightning.config.command import exit_bad_input, run_command
 from lenet_lightning.config.location import CONFIG_DIR
 from lenet_lightning.errors import UserError
-from lenet_lightning.inference.evaluate import EVAL_JSON, evaluate, report_lines
-from lenet_lightning.runs.atomic import write_text_atomically
+from lenet_lightning.inference.evaluate import evaluate, report_lines
 from lenet_lightning.runs.commands import TOOL_PATH_KEYS, hydra_safe_arguments
 
 log = logging.getLogger(__name__)
@@ -40,10 +37,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
             accelerator=cfg.accelerator,
             pr_curves=cfg.pr_curves,
             projector_images=cfg.projector_images,
+            overwrite=cfg.overwrite,
         )
     except UserError as error:
         exit_bad_input(error)
-    write_text_atomically(Path(result["output_dir"]) / EVAL_JSON, json.dumps(result, indent=2) + "\n")
     for line in report_lines(result):
         log.info(line)
     return result["test_acc"]

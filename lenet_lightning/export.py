@@ -32,7 +32,7 @@ def export_checkpoint(cfg: DictConfig) -> None:
     """Export one checkpoint and print the check of the exported model against PyTorch."""
     try:
         check_sweep_job(cfg)
-        result = export(cfg.ckpt_path, cfg.format, cfg.output, cfg.data_dir, cfg.tolerance)
+        result = export(cfg.ckpt_path, cfg.format, cfg.output, cfg.data_dir, cfg.tolerance, cfg.overwrite)
     except UserError as error:
         exit_bad_input(error)
     except ExportCheckError as error:

@@ -35,7 +35,7 @@ def classify(cfg: DictConfig) -> None:
     try:
         check_sweep_job(cfg)
         predictions, failures = predict(
-            cfg.ckpt_path, inputs, cfg.invert, cfg.batch_size, cfg.accelerator, output=cfg.output
+            cfg.ckpt_path, inputs, cfg.invert, cfg.batch_size, cfg.accelerator, cfg.output, cfg.overwrite
         )
     except UserError as error:
         exit_bad_input(error)
@@ -48,7 +48,10 @@ def classify(cfg: DictConfig) -> None:
         rows.append(f"{row['file']:<{width}}  {row['prediction']:<12} {row['probability']:>11}  {row['top3']}")
     log.info("\n".join(rows))
     if cfg.output:
-        write_csv(predictions, Path(cfg.output))
+        try:
+            write_csv(predictions, Path(cfg.output))
+        except UserError as error:  # the disk filled since the output was checked
+            exit_bad_input(error)
         log.info("predictions written to %s", cfg.output)
     if failures:
         log.error("%d of %d files skipped (listed above)", len(failures), len(failures) + len(predictions))

@@ -275,6 +275,7 @@ class EvalConfig:
     ckpt_path: str | None = MISSING
     data_dir: str | None = MISSING
     output: str | None = MISSING
+    overwrite: bool = MISSING
     accelerator: str = field(default=MISSING, metadata=rule(choices=ACCELERATORS, problem=no_gpu))
     pr_curves: bool = MISSING
     projector_images: int = field(default=MISSING, metadata=rule(ge=0))
@@ -287,6 +288,7 @@ class PredictConfig:
     ckpt_path: str | None = MISSING
     invert: Any = field(default=MISSING, metadata=rule(choices=INVERT))
     output: str | None = MISSING
+    overwrite: bool = MISSING
     batch_size: int = field(default=MISSING, metadata=rule(ge=1))
     accelerator: str = field(default=MISSING, metadata=rule(choices=ACCELERATORS, problem=no_gpu))
     inputs: Any = field(default=MISSING, metadata=rule(problem=not_pictures))  # last: other mistakes first
@@ -299,6 +301,7 @@ class ExportConfig:
     ckpt_path: str | None = MISSING
     format: str = field(default=MISSING, metadata=rule(choices=EXPORT_FORMATS))
     output: str | None = MISSING
+    overwrite: bool = MISSING
     data_dir: str | None = MISSING
     tolerance: float = field(default=MISSING, metadata=rule(gt=0))
 

@@ -24,7 +24,7 @@ from lenet_lightning.errors import UserError
 from lenet_lightning.inference.outputs import FilesRead
 from lenet_lightning.model.classifier import LeNetClassifier
 from lenet_lightning.runs.checkpoint_files import load_checkpoint_safely
-from lenet_lightning.runs.layout import RUN_CONFIG
+from lenet_lightning.runs.layout import CHECKPOINT_DIR, RUN_CONFIG
 
 TRAIN_CONFIG = CONFIG_DIR / "train.yaml"
 CHECKPOINT_HINT = "pass ckpt_path=outputs/runs/<date>/<time>/checkpoints/last.ckpt (or the run folder)"
@@ -78,9 +78,23 @@ class LoadedCheckpoint:
             files += [("the data file", path) for path in datamodule.expected_files()]
         return files
 
+    def data_folders(self, datamodule: MNISTDataModule | None = None) -> list[Path]:
+        """The data sets' folders under the data folder a command reads (or the run trained on): never written.
+
+        Each data set's own folder (``<data_dir>/MNIST``...), not ``data_dir`` itself, which may be a folder such
+        as the working directory that holds runs and outputs too.
+        """
+        data_dir = (datamodule or self.datamodule()).data_dir
+        return [data_dir / dataset_class.__name__ for dataset_class in DATASETS.values()]
+
     def output_dir(self, kind: str) -> Path:
-        """Default folder for what a tool writes about this checkpoint: ``<run>/<kind>/<checkpoint name>``."""
+        """Default folder for what a tool writes about this checkpoint: ``<run>/<kind>/<checkpoint name>``.
+
+        Never inside a ``checkpoints/`` folder, even one whose run lost its config: that is the run's record.
+        """
         base = self.run_dir if self.run_dir is not None else self.path.parent
+        if base.name == CHECKPOINT_DIR:
+            base = base.parent
         return base / kind / self.path.stem
 
 
@@ -168,4 +182,24 @@ def load_checkpoint(ckpt_path: str | None) -> LoadedCheckpoint:
     module.eval()
     run_dir = find_run_dir(path)
     run_config = read_run_config(path, run_dir) if run_dir is not None else None
-    return LoadedCheckpoint(path=path, module=module, run_dir=run_dir, run_config=run_config)
+    loaded = LoadedCheckpoint(path=path, module=module, run_dir=run_dir, run_config=run_config)
+    refuse_other_folder_data(loaded)
+    return loaded
+
+
+def refuse_other_folder_data(loaded: LoadedCheckpoint) -> None:
+    """The checkpoint's own class names are the truth: a run config of another data set beside it is refused.
+
+    A Fashion-MNIST checkpoint copied into an MNIST run folder would otherwise be evaluated on MNIST.
+    """
+    if loaded.run_config is None:
+        return
+    folder_dataset = str(loaded.run_config.dataset.name)
+    if list(DATASETS[folder_dataset].classes) != loaded.class_names:
+        trained_on = next(
+            (name for name, data in DATASETS.items() if list(data.classes) == loaded.class_names), "another data set"
+        )
+        raise CheckpointError(
+            f"checkpoint {loaded.path} was trained on {trained_on}, but its run folder {loaded.run_dir} is a run of "
+            f"{folder_dataset} ({RUN_CONFIG}); copy the checkpoint out of that folder to use it on its own data"
+        )

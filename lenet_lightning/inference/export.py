@@ -6,10 +6,14 @@ with PyTorch's. The class names travel inside the file (ONNX metadata ``class_na
 file ``class_names.json``). Torch is imported only once a checkpoint is exported, so ``--help`` stays quick.
 
 The file is written beside its target under a temporary name and renamed into place only once its check
-passed, so a file that failed (or an interrupted export) never sits under the name users load. The default
-target (beside the checkpoint) replaces only an earlier export of this tool, recognised by its class names.
+passed, so a file that failed (or an interrupted export) never sits under the name users load. The target
+follows the rules of ``outputs.py``: it replaces an earlier export of this tool (recognised by its class
+names), and another file only when named with ``overwrite``, never a run's record or a data set. A full disk
+ends in one line with the temporary file removed; the file is written by Python, never by TorchScript's C++
+writer, which aborts the process on a full disk.
 """
 
+import io
 import json
 import math
 import warnings
@@ -20,7 +24,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from lenet_lightning.errors import UserError
-from lenet_lightning.inference.outputs import check_output_file
+from lenet_lightning.inference.outputs import check_output_file, written_in_full
 from lenet_lightning.runs.atomic import replaced_on_success
 
 if TYPE_CHECKING:
@@ -126,7 +130,9 @@ def export_torchscript(net: "nn.Module", path: Path, class_names: list[str]) -> 
         # TorchScript is deprecated upstream in favour of torch.export, but it is still what libtorch (C++) loads.
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=FutureWarning)
         scripted = torch.jit.script(net)
-        torch.jit.save(scripted, str(path), _extra_files={"class_names.json": json.dumps(class_names)})
+        archive = io.BytesIO()  # torch.jit.save to a path aborts the process (C++) when the disk is full
+        torch.jit.save(scripted, archive, _extra_files={"class_names.json": json.dumps(class_names)})
+    path.write_bytes(archive.getvalue())
 
 
 def run_torchscript(path: Path, images: "Tensor") -> "Tensor":
@@ -176,8 +182,12 @@ def export(
     output: str | None = None,
     data_dir: str | None = None,
     tolerance: float = 1e-4,
+    overwrite: bool = False,
 ) -> ExportResult:
-    """Export the checkpoint's network, run the exported file on test images and compare with PyTorch."""
+    """Export the checkpoint's network, run the exported file on test images and compare with PyTorch.
+
+    ``overwrite`` lets a named ``output`` replace a file this tool did not export.
+    """
     import torch
 
     from lenet_lightning.inference.checkpoint import load_checkpoint
@@ -187,12 +197,18 @@ def export(
     datamodule = loaded.datamodule(data_dir)
     path = Path(output) if output else loaded.path.with_suffix(FORMATS[format])
     check_output_file(
-        path, loaded.files_read(datamodule), named=bool(output), is_own_output=lambda p: is_earlier_export(p, format)
+        path,
+        loaded.files_read(datamodule),
+        named=bool(output),
+        is_own_output=lambda p: is_earlier_export(p, format),
+        overwrite=overwrite,
+        data_folders=loaded.data_folders(datamodule),
+        home=loaded.path.parent,
     )
     images, checked_on = check_images(datamodule)
     with torch.inference_mode():
         expected = net(images)
-    with replaced_on_success(path) as staged:
+    with written_in_full(f"the {format} model to {path}"), replaced_on_success(path) as staged:
         if format == "onnx":
             export_onnx(net, images[:2], staged, loaded.class_names)
             # The full check batch and a second size: both differ from the 2-image example used to export.

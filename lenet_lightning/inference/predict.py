@@ -2,7 +2,8 @@
 
 Classifies your own pictures: each is converted to look like the data set's images (see ``images.py``),
 then classified in batches on the CPU or GPU. Prints one line per picture and optionally writes a CSV,
-checked before any picture is read: never over a picture, the checkpoint or its run config.
+checked before any picture is read by the rules of ``outputs.py``: never over a picture, the checkpoint, a
+run's record or a data set, nor over a file predict did not write unless ``overwrite``.
 Torch and Lightning are imported only once there is something to classify, so ``--help`` stays quick.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lenet_lightning.errors import UserError
-from lenet_lightning.inference.outputs import check_output_file
+from lenet_lightning.inference.outputs import check_output_file, written_in_full
 from lenet_lightning.runs.atomic import write_text_atomically
 
 TOP_K = 3
@@ -47,10 +48,12 @@ def predict(
     batch_size: int = 256,
     accelerator: str = "auto",
     output: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[list[Prediction], list[tuple[Path, str]]]:
     """Predictions for every readable picture in ``inputs``, and the (file, reason) of those skipped.
 
-    ``output``, the CSV :func:`write_csv` will write, is checked first, so a bad one costs no work.
+    ``output``, the CSV :func:`write_csv` will write, is checked first, so a bad one costs no work; ``overwrite``
+    lets it replace a file predict did not write.
     """
     import lightning as L
     import torch
@@ -66,7 +69,14 @@ def predict(
     invert_choice = parse_invert(invert)
     loaded = load_checkpoint(ckpt_path)
     if output:
-        check_output_file(Path(output), [*loaded.files_read(), *(("the picture", path) for path in paths)], named=True)
+        check_output_file(
+            Path(output),
+            [*loaded.files_read(), *(("the picture", path) for path in paths)],
+            named=True,
+            is_own_output=is_earlier_predictions,
+            overwrite=overwrite,
+            data_folders=loaded.data_folders(),
+        )
     pictures = load_images(paths, STYLES[loaded.dataset_name], invert_choice)
     if not pictures.paths:
         path, reason = pictures.failures[0]
@@ -83,10 +93,20 @@ def predict(
     return predictions, pictures.failures
 
 
+def is_earlier_predictions(path: Path) -> bool:
+    """Whether ``path`` is a CSV predict wrote: its first line is predict's header (predict replaces its own files)."""
+    try:
+        with path.open(newline="") as file:
+            return file.readline(256).rstrip("\r\n") == ",".join(CSV_COLUMNS)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def write_csv(predictions: list[Prediction], path: Path) -> None:
-    """The predictions as CSV, replacing ``path`` in one step (never half written)."""
+    """The predictions as CSV, replacing ``path`` in one step (never half written; a full disk is one line)."""
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     writer.writerows(prediction.row() for prediction in predictions)
-    write_text_atomically(path, text.getvalue())
+    with written_in_full(f"output={path}"):
+        write_text_atomically(path, text.getvalue())

@@ -4,6 +4,9 @@
 the composed config against its schema and the rules that span several keys (:func:`check_run_rules`), checks
 the checkpoint the run starts from, then claims the run folder; for a sweep it checks every job's config the
 same way before the sweep folder is made. A refusal is one line and exit status 2, and leaves nothing behind.
+
+Torch is imported only once the schema has passed (the rules read data files and may ask for a GPU), so a
+mistyped value is refused in about a second.
 """
 
 import math
@@ -20,10 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from lenet_lightning.config.command import stops_the_command
 from lenet_lightning.config.location import CONFIG_DIR
 from lenet_lightning.config.schema import check_config
-from lenet_lightning.data.datamodule import DATASETS
-from lenet_lightning.data.files import OFFICIAL_COUNTS, check_idx_file
 from lenet_lightning.errors import UserError
-from lenet_lightning.runs.checkpoint_fit import check_checkpoint_fits
 from lenet_lightning.runs.commands import override, override_keys, parse_overrides, quoted, shell_word
 from lenet_lightning.runs.folder import (
     check_writable,
@@ -35,7 +35,6 @@ from lenet_lightning.runs.folder import (
 from lenet_lightning.runs.layout import LAST_CHECKPOINT, RUN_CONFIG, is_run_folder
 from lenet_lightning.runs.resume import start_checkpoint
 from lenet_lightning.runs.sweep_folder import check_earlier_job, claim_sweep_folder
-from lenet_lightning.speed.cuda_graph import refuse_unsupported_cuda_graph
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 SHARED_BY_JOBS = ("data_dir", "dataset.data_dir")  # what no job's folder name says (override_dirname leaves it out)
@@ -72,11 +71,17 @@ def check_run_rules(cfg: DictConfig) -> None:
                 f"scheduler=onecycle cannot warm up over exactly one of this run's {steps} optimizer steps "
                 f"(scheduler.pct_start={schedule.pct_start}); change scheduler.pct_start, epochs or dataset.batch_size"
             )
-    refuse_unsupported_cuda_graph(cfg)
+    if cfg.cuda_graph:
+        from lenet_lightning.speed.cuda_graph import refuse_unsupported_cuda_graph  # asks torch for a GPU
+
+        refuse_unsupported_cuda_graph(cfg)
 
 
 def training_examples(cfg: DictConfig) -> int:
     """The training set's size from its label file's header, or the official size when it is still to download."""
+    from lenet_lightning.data.datamodule import DATASETS
+    from lenet_lightning.data.files import OFFICIAL_COUNTS, check_idx_file
+
     folder = DATASETS[cfg.dataset.name].__name__
     labels = Path(cfg.dataset.data_dir) / folder / "raw" / "train-labels-idx1-ubyte"
     return check_idx_file(labels, folder) if labels.is_file() else OFFICIAL_COUNTS["train"]
@@ -122,6 +127,8 @@ class PrepareRun(Callback):
 
         def check_start() -> None:
             if start is not None:
+                from lenet_lightning.runs.checkpoint_fit import check_checkpoint_fits  # loads it with torch
+
                 key = "resume" if config.resume else "ckpt_path"
                 check_checkpoint_fits(start, config, override(key, str(config[key])), run_dir)
 

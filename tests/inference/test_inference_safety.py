@@ -220,7 +220,12 @@ def test_an_export_that_fails_its_check_leaves_the_target_as_it_was(
     target.write_bytes(b"the previous model")
     # ONNX Runtime's logits differ from PyTorch's by about 1e-7: more than this tolerance.
     done = run_command(
-        f"ckpt_path={run}", "format=onnx", f"output={target}", "tolerance=1e-12", module="lenet_lightning.export"
+        f"ckpt_path={run}",
+        "format=onnx",
+        f"output={target}",
+        "overwrite=true",  # the previous model is not an export of this tool
+        "tolerance=1e-12",
+        module="lenet_lightning.export",
     )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "export check failed: the exported onnx model's logits differ" in done.stderr
@@ -419,16 +424,18 @@ def test_output_file_rules(tmp_path: Path) -> None:
     theirs.write_text("someone's file")
     with pytest.raises(UserError, match="would overwrite the checkpoint"):
         check_output_file(checkpoint, reads, named=True)
-    with pytest.raises(UserError, match="already exists and was not written by this command; pass output="):
+    with pytest.raises(UserError, match="already exists and was not written by this command; pass overwrite=true"):
         check_output_file(theirs, reads, named=False, is_own_output=lambda path: False)
     check_output_file(theirs, reads, named=False, is_own_output=lambda path: True)  # an earlier output: replaced
-    check_output_file(theirs, reads, named=True)  # named: the user asked for exactly that
+    with pytest.raises(UserError, match="already exists and was not written by this command; pass overwrite=true"):
+        check_output_file(theirs, reads, named=True)  # naming it is not enough
+    check_output_file(theirs, reads, named=True, overwrite=True)  # the user asked for exactly that
     check_output_file(tmp_path / "new" / "deeper" / "model.onnx", reads, named=False)
     assert not (tmp_path / "new").exists()  # checking creates nothing
     with pytest.raises(UserError, match="is a folder; name a file"):
         check_output_file(tmp_path, reads, named=True)
     os.mkfifo(tmp_path / "pipe")
-    with pytest.raises(UserError, match=r"is not a regular file \(a device, pipe or socket\)"):
+    with pytest.raises(UserError, match=r"is a named pipe \(FIFO\), not a regular file"):
         check_output_file(tmp_path / "pipe", reads, named=True)  # a rename would replace the pipe itself
     with pytest.raises(UserError, match=r"last\.onnx is a file, not a folder"):
         check_output_file(theirs / "model.onnx", reads, named=True)

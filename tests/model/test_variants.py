@@ -13,10 +13,10 @@ from lenet_lightning.data.augment import shift_and_flip
 from lenet_lightning.errors import UserError
 from lenet_lightning.model.lenet import LeNet
 from lenet_lightning.training.run import build, fit
-from tests.conftest import CONFIG_DIR, REAL_DATA_DIR, TINY_TEST
+from tests.conftest import CONFIG_DIR, REAL_DATA_DIR, REPO_ROOT, TINY_TEST
 
 CONF = CONFIG_DIR
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO_ROOT / "README.md"
 MODEL_CONFIGS = sorted(path.stem for path in (CONF / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
 # best_mnist after 2 epochs must clear this; the classic recipe is still near chance there (README).
