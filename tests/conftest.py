@@ -174,7 +174,7 @@ def call_command(
     cwd: Path,
     data_dir: Path | None,
     monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture,
+    capfd: pytest.CaptureFixture | None = None,
 ) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` from ``cwd``, run in this process: exit status, stdout and stderr as a shell sees.
 

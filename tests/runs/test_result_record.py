@@ -292,16 +292,20 @@ def test_batch_norm_with_batch_size_1_is_one_line_and_exit_2(run_command, tmp_pa
     assert len(errors) == 1 and "dataset.batch_size=2 or more" in errors[0], done.stderr[-3000:]
 
 
-@pytest.mark.slow
-def test_batch_norm_trains_through_a_last_training_batch_of_one_example(run_command, tmp_path: Path) -> None:
+def test_batch_norm_with_a_last_training_batch_of_one_example_is_refused_before_any_work(
+    run_command, tmp_path: Path
+) -> None:
+    """257 training images in batches of 256 would end each epoch on one example, which batch norm cannot train on:
+    refused by the pre-run checks (training/preflight.py) in one line, before a run folder is made."""
     run = tmp_path / "run"
-    val_size = TINY_TRAIN - 256 - 1  # 257 training images in batches of 256: the last would hold one
+    val_size = TINY_TRAIN - 256 - 1
     done = run_command(
         "experiment=best_mnist", f"dataset.val_size={val_size}", "epochs=2", *QUICK[1:], f"hydra.run.dir={run}"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert strict_json(run / "result.json")["status"] == "completed"
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert done.returncode == 2, done.stderr[-3000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "leave a last training batch of one example" in line, line
+    assert not run.exists()
 
 
 # 7. The saved config names the data folder the run read ------------------------------------------------------
