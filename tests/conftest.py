@@ -197,6 +197,8 @@ def call_command(
             status = 0
         except SystemExit as exit:
             status = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+            if exit.code is not None and not isinstance(exit.code, int):
+                print(exit.code, file=sys.stderr)  # what Python prints for sys.exit("message") as it ends
         finally:
             root.handlers[:], root.level = handlers, level
             forget_hydra_run()
