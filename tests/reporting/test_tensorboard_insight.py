@@ -37,7 +37,7 @@ from lenet_lightning.reporting.pr_curves import PR_CURVE_TAG
 from lenet_lightning.reporting.projector import PROJECTOR_CONFIG, PROJECTOR_TAG, projector_sample
 from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
 from lenet_lightning.training.run import fit
-from tests.conftest import CONFIG_DIR, REPO_ROOT, TINY_TEST, run_module
+from tests.conftest import CONFIG_DIR, TINY_TEST
 
 EPOCHS = 2
 SAMPLE = 100  # fewer than the 128 tiny test images, so the sample is a real choice
@@ -408,15 +408,3 @@ def test_tensorboard_server_shows_pr_curves_and_per_class_scalars(
         tag = f"{PER_CLASS_TAG}/{name}"
         points = json.loads(fetch(tensorboard_server, "/data/plugin/scalars/scalars", run=".", tag=tag))
         assert [(step, value) for _, step, value in points] == sorted(logged[tag].items())
-
-
-@pytest.mark.slow
-def test_cost_benchmark_runs_both_settings_and_prints_the_ratio(tiny_data_dir: Path) -> None:
-    done = run_module(
-        "benchmarks.tensorboard_cost",
-        *("--data-dir", str(tiny_data_dir), "--epochs", "1", "--rounds", "1", "--no-warm-up"),
-        cwd=REPO_ROOT,
-        data_dir=None,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert re.search(r"ratio on/off: \d+\.\d+", done.stdout), done.stdout
