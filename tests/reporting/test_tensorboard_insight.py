@@ -369,6 +369,7 @@ def fetch(address: str, path: str, **query: str) -> bytes:
         return response.read()
 
 
+@pytest.mark.slow
 def test_tensorboard_server_shows_the_projector(tensorboard_server: str, insight_run: Path) -> None:
     deadline = time.monotonic() + 30
     while not json.loads(fetch(tensorboard_server, "/data/plugins_listing"))["projector"]["enabled"]:
@@ -388,6 +389,7 @@ def test_tensorboard_server_shows_the_projector(tensorboard_server: str, insight
     assert Image.open(io.BytesIO(sprite)).size == (280, 280)
 
 
+@pytest.mark.slow
 def test_tensorboard_server_shows_pr_curves_and_per_class_scalars(
     tensorboard_server: str, insight_run: Path, tiny_data_dir: Path
 ) -> None:

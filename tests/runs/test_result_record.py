@@ -226,6 +226,7 @@ def test_disk_full_while_training_ends_in_one_line_with_a_resume_command_that_wo
     assert result["status"] == "completed" and result["epochs"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # no traceback from a thread
 @pytest.mark.parametrize("how", ["full", "read-only"])
 def test_a_disk_with_no_room_at_all_fails_the_run_without_a_second_error(
@@ -247,6 +248,7 @@ def test_a_disk_with_no_room_at_all_fails_the_run_without_a_second_error(
 # 10. A run that trains no epoch is not a diverged run ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fit_tells_no_epoch_from_divergence(make_config, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert fit(make_config("epochs=1", *QUICK, output_dir=run)).status == "completed"
