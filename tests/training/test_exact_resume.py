@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from lenet_lightning.runs.checkpoint_files import load_checkpoint_safely
