@@ -363,9 +363,14 @@ def tensorboard_server(insight_run: Path) -> Iterator[str]:
         server.wait()
 
 
+# Straight to the local server: urlopen's shared opener keeps the proxy settings of the first request made in
+# this process (a test of downloads sets an unreachable proxy), which would refuse the connection.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def fetch(address: str, path: str, **query: str) -> bytes:
     url = f"{address}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with DIRECT.open(url, timeout=10) as response:
         return response.read()
 
 
