@@ -19,7 +19,7 @@ from lenet_lightning.reporting.records import read_run
 from lenet_lightning.reporting.sweep_summary import write_summary
 from lenet_lightning.runs.record import write_result_json
 from lenet_lightning.training.run import OutOfDisk, disk_error_in, fit
-from tests.conftest import TINY_TEST, TINY_TRAIN, run_module, write_tiny_dataset
+from tests.conftest import TINY_TEST, TINY_TRAIN, call_command, write_tiny_dataset
 
 NO_FIGURES = "~callbacks.error_analysis"  # rendering the error-analysis figures costs seconds per run
 QUICK = ("dataset.batch_size=64", "accelerator=cpu", NO_FIGURES)
@@ -315,12 +315,20 @@ def test_batch_norm_with_a_last_training_batch_of_one_example_is_refused_before_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("given_as", ["LENET_DATA_DIR", "relative data_dir"])
-def test_eval_in_another_shell_reads_the_data_the_run_trained_on(tmp_path: Path, given_as: str) -> None:
+def test_eval_in_another_shell_reads_the_data_the_run_trained_on(
+    tmp_path: Path, given_as: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """Train in one folder with one LENET_DATA_DIR, evaluate from another with another (the commands in process)."""
+
+    def run_module(module: str, *args: str, cwd: Path, data_dir: Path | None) -> subprocess.CompletedProcess:
+        return call_command(module, *args, cwd=cwd, data_dir=data_dir, monkeypatch=monkeypatch, capfd=capfd)
+
     trained_on, elsewhere = tmp_path / "train_shell" / "data", tmp_path / "eval_shell" / "other_data"
     write_tiny_dataset(trained_on, "MNIST")
     write_tiny_dataset(elsewhere, "MNIST", n_test=TINY_TEST // 2)  # a folder eval must not read
     run = tmp_path / "run"
     train_args = ("epochs=1", *QUICK, f"hydra.run.dir={run}")
+    monkeypatch.delenv("LENET_DATA_DIR", raising=False)  # as a shell without it; set per command below
     if given_as == "LENET_DATA_DIR":
         done = run_module("lenet_lightning.train", *train_args, cwd=tmp_path, data_dir=trained_on)
     else:  # relative to the folder training started in
