@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lenet_lightning.data.datamodule import TensorBatches
@@ -144,6 +146,19 @@ def run_cli(tiny_data_dir: Path, tmp_path: Path) -> Callable[..., subprocess.Com
     return _run
 
 
+def forget_hydra_run() -> None:
+    """Clear what a ``@hydra.main`` call leaves in Hydra's singletons, as the end of its process would."""
+    HydraConfig.instance().cfg = None
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_hydra_run_left_over() -> Iterator[None]:
+    """A command run in process by one test must not make the next one believe it runs inside that command."""
+    yield
+    forget_hydra_run()
+
+
 # The function each console script (pyproject.toml's [project.scripts]) and ``python -m`` calls.
 ENTRY_POINTS = {
     "lenet_lightning.train": "cli",
@@ -159,7 +174,7 @@ def call_command(
     cwd: Path,
     data_dir: Path | None,
     monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture,
+    capfd: pytest.CaptureFixture | None = None,
 ) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` from ``cwd``, run in this process: exit status, stdout and stderr as a shell sees.
 
@@ -182,8 +197,11 @@ def call_command(
             status = 0
         except SystemExit as exit:
             status = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+            if exit.code is not None and not isinstance(exit.code, int):
+                print(exit.code, file=sys.stderr)  # what Python prints for sys.exit("message") as it ends
         finally:
             root.handlers[:], root.level = handlers, level
+            forget_hydra_run()
     out, err = capfd.readouterr() if capfd is not None else ("", "")
     return subprocess.CompletedProcess([module, *args], status, out, err)
 

@@ -74,6 +74,7 @@ class LearningRateRecorder(L.Callback):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["none", "cosine", "onecycle"])
 def test_scheduler_shapes_the_learning_rate_over_the_run(name: str, make_config: Callable) -> None:
     cfg = make_config(f"scheduler={name}", "epochs=2", "lr=0.2", "dataset.batch_size=32", "accelerator=cpu")

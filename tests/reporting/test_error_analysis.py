@@ -42,18 +42,23 @@ def test_training_ends_with_confusion_matrix_and_mistakes_in_tensorboard_and_png
         assert (trained_run / f"{tag.split('/')[-1]}.png").read_bytes().startswith(PNG_MAGIC)
 
 
-def test_eval_on_tiny_test_set_counts_every_example(trained_run: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
-    checkpoint = str(trained_run / "checkpoints" / "last.ckpt")
+def test_eval_on_tiny_test_set_counts_every_example(
+    tiny_trained_run: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    checkpoint = str(tiny_trained_run / "checkpoints" / "last.ckpt")
     result = evaluate(checkpoint, data_dir=str(tiny_data_dir), output=str(tmp_path), accelerator="cpu")
     assert sum(map(sum, result["confusion_matrix"])) == TINY_TEST
     assert set(images_in(tmp_path)) == {CONFUSION_TAG, MISCLASSIFIED_TAG}
 
 
 @pytest.mark.real_data
-def test_full_test_set_confusion_matrix_sums_to_10000(trained_run: Path, tmp_path: Path) -> None:
+def test_full_test_set_confusion_matrix_sums_to_10000(tiny_trained_run: Path, tmp_path: Path) -> None:
     # The tiny-data model is evaluated on the real MNIST test set: its accuracy is irrelevant, the counts are not.
     result = evaluate(
-        str(trained_run / "checkpoints" / "last.ckpt"), data_dir=REAL_DATA_DIR, output=str(tmp_path), accelerator="cpu"
+        str(tiny_trained_run / "checkpoints" / "last.ckpt"),
+        data_dir=REAL_DATA_DIR,
+        output=str(tmp_path),
+        accelerator="cpu",
     )
     confusion = result["confusion_matrix"]
     assert sum(map(sum, confusion)) == result["test_examples"] == 10_000

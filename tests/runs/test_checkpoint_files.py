@@ -14,7 +14,6 @@ import torch
 
 from lenet_lightning.errors import UserError
 from lenet_lightning.runs.checkpoint_files import AtomicCheckpointIO, load_checkpoint_safely
-from lenet_lightning.training.run import fit
 from tests.conftest import REPO_ROOT
 
 
@@ -43,23 +42,10 @@ def only_plain_values(value) -> bool:
     return value is None or isinstance(value, str | int | float | bool | torch.Tensor)
 
 
-@pytest.fixture(scope="module")
-def real_checkpoint(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    from tests.conftest import CONFIG_DIR
-
-    run = tmp_path_factory.mktemp("run")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[f"data_dir={tiny_data_dir}", "epochs=1", "accelerator=cpu", "~callbacks.error_analysis"],
-        )
-    with open_dict(cfg):
-        cfg.output_dir = str(run)
-    fit(cfg)
-    return run / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def real_checkpoint(tiny_trained_run: Path) -> Path:
+    """The checkpoint training wrote: the shared one-epoch tiny run's (read only)."""
+    return tiny_trained_run / "checkpoints" / "last.ckpt"
 
 
 def test_checkpoints_hold_only_tensors_and_plain_containers(real_checkpoint: Path) -> None:

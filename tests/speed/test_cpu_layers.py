@@ -93,6 +93,7 @@ def test_split_layout_convolution_matches_torch(bias: bool, images_need_grad: bo
         torch.testing.assert_close(fast_result, stock_result, rtol=1e-5, atol=1e-5 * scale)
 
 
+@pytest.mark.slow
 def test_split_layout_convolution_passes_gradcheck() -> None:
     conv = FastCPUConv2d(3, 4, kernel_size=3, padding=1, stride=2, dtype=torch.float64)
     images = torch.randn(2, 3, 7, 7, dtype=torch.float64, requires_grad=True)

@@ -54,6 +54,7 @@ def relative_differences(first: LeNetClassifier, second: LeNetClassifier) -> dic
 # (cuDNN's nondeterministic kernels, amplified by one-cycle to lr 0.4 with Nesterov momentum over 22 steps), so a
 # parameter bound says nothing there; test_graphed_and_eager_training_reach_the_same_accuracy_on_mnist is the GPU
 # parity test (equal test accuracy after 10 epochs, measured twice on the H200).
+@pytest.mark.slow
 def test_the_manual_step_trains_as_the_automatic_one(make_config, tmp_path: Path) -> None:
     eager, eager_trainer = train(make_config("accelerator=cpu", "epochs=2", *SPEEDRUN))
     graphed, graphed_trainer = train(

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from lenet_lightning.runs.checkpoint_files import load_checkpoint_safely
@@ -24,6 +25,7 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 # CPU only. On an H200 the same comparison ended with different weights (net.features.0.weight first): cuDNN's
 # nondeterministic kernels differ between any two runs there, resumed or not, so bit-equality needs
 # trainer.deterministic=true on a GPU, which has not been run on one yet.
+@pytest.mark.slow
 def test_a_resumed_run_with_dropout_and_augmentation_ends_as_the_unbroken_run(make_config, tmp_path: Path) -> None:
     recipe = (*RANDOM_RECIPE, "accelerator=cpu")
     unbroken = fit(make_config("epochs=2", *recipe, output_dir=tmp_path / "unbroken"))
@@ -39,6 +41,7 @@ def test_a_resumed_run_with_dropout_and_augmentation_ends_as_the_unbroken_run(ma
     assert (resumed.train_loss, resumed.test_acc) == (unbroken.train_loss, unbroken.test_acc)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_saved_without_random_states_still_resumes(make_config, tmp_path: Path) -> None:
     """Checkpoints of runs made before the states were saved continue as before (exactly only without randomness)."""
     recipe, run = (*RANDOM_RECIPE, "accelerator=cpu"), tmp_path / "old"

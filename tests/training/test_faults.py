@@ -15,6 +15,7 @@ from lenet_lightning.training.run import fit
 from tests.reliability_faults import NO_FIGURES, RECIPE, curves, fault, fit_until_ctrl_c
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_with_exit_130_and_keeps_the_checkpoint(make_config, tmp_path: Path) -> None:
     """A real SIGINT to this process, as Ctrl-C sends; Lightning's graceful shutdown, then our exit status."""
     cfg = make_config(*RECIPE, *fault(2, 3, signal.SIGINT, tmp_path / "fired"))
