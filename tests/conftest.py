@@ -9,6 +9,7 @@ import importlib
 import logging
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -152,13 +153,6 @@ def forget_hydra_run() -> None:
     GlobalHydra.instance().clear()
 
 
-@pytest.fixture(autouse=True)
-def _no_hydra_run_left_over() -> Iterator[None]:
-    """A command run in process by one test must not make the next one believe it runs inside that command."""
-    yield
-    forget_hydra_run()
-
-
 # The function each console script (pyproject.toml's [project.scripts]) and ``python -m`` calls.
 ENTRY_POINTS = {
     "lenet_lightning.train": "cli",
@@ -204,6 +198,11 @@ def call_command(
             forget_hydra_run()
     out, err = capfd.readouterr() if capfd is not None else ("", "")
     return subprocess.CompletedProcess([module, *args], status, out, err)
+
+
+def train_in_process(monkeypatch: pytest.MonkeyPatch, cwd: Path, *arguments: str) -> int:
+    """``python -m lenet_lightning.train <arguments>`` from ``cwd``, run in this process; its exit status."""
+    return call_command("lenet_lightning.train", *arguments, cwd=cwd, data_dir=None, monkeypatch=monkeypatch).returncode
 
 
 @pytest.fixture
@@ -259,19 +258,12 @@ def process_state_restored() -> Iterator[None]:
     A command sets Hydra's singletons, the root logger's handlers, ``HYDRA_FULL_ERROR``, ``logging.raiseExceptions``
     and the SIGINT/SIGTERM handlers, as a process it ends would never notice; the next test in the worker would.
     """
-    import logging
-    import signal
-
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
     root = logging.getLogger()
     handlers, level, raise_exceptions = list(root.handlers), root.level, logging.raiseExceptions
     signals = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     yield
-    GlobalHydra.instance().clear()
-    HydraConfig.instance().cfg = None
+    forget_hydra_run()
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.raiseExceptions = raise_exceptions

@@ -11,6 +11,7 @@ logging is set up, so the line is printed. Inside a task :func:`exit_bad_input` 
 import contextlib
 import functools
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -123,13 +124,25 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
                 os.kill(worker.pid, signal.SIGTERM)
 
 
+# How long workers get to stop at their next batch before they are killed; what they would lose is the current
+# epoch, which SIGTERM does not save either.
+WORKERS_GRACE_SECONDS = 20.0
+
+
 def _wake_when_workers_end() -> None:
-    """Signal the launching process's main thread once its workers are gone.
+    """Signal the launching process's main thread once its workers are gone, killing any that do not stop.
 
     A worker stopped by SIGTERM exits with status 0 (Lightning's ``SIGTERMException`` is a ``SystemExit``)
-    without sending results, so the launcher would wait for them for ever.
+    without sending results, so the launcher would wait for them for ever. A worker can also hang: when the
+    signal reaches the processes in different batches, one may wait in a collective for a peer that has
+    already stopped (gloo's timeout is 30 minutes), so stragglers are killed after the grace period.
     """
-    while multiprocessing.active_children():
+    deadline = time.monotonic() + WORKERS_GRACE_SECONDS
+    while workers := multiprocessing.active_children():
+        if time.monotonic() > deadline:
+            for worker in workers:
+                worker.kill()
+            deadline = math.inf
         time.sleep(0.1)
     if _passed_on is not None:
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)

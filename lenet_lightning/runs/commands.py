@@ -103,3 +103,8 @@ def printable(text: str, limit: int = 80) -> str:
     """
     safe = "".join(character if character.isprintable() else repr(character)[1:-1] for character in text)
     return safe if len(safe) <= limit else safe[: limit - 1] + "…"
+
+
+def first_names(names: list[str], most: int = 4) -> str:
+    """The first ``most`` of a folder's entries, printable, for a message that says what is in the way."""
+    return ", ".join(printable(name) for name in names[:most]) + (", ..." if len(names) > most else "")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lenet_lightning.errors import UserError
-from lenet_lightning.runs.commands import override, printable, shell_word
+from lenet_lightning.runs.commands import first_names, override, printable, shell_word
 from lenet_lightning.runs.layout import CHECKPOINT_DIR, HYDRA_DIR, LOCK_FILE
 
 MIN_FREE_BYTES = 20 * 2**20  # a LeNet run writes ~2 MB (checkpoint, its temporary copy, event files)
@@ -265,7 +265,7 @@ def refuse_used_folder(folder: Path) -> None:
     others = [name for name in names if name != LOCK_FILE and not _written_by_other_ranks(name)]
     if not others:
         return
-    shown = ", ".join(printable(name) for name in others[:4]) + (", ..." if len(others) > 4 else "")
+    shown = first_names(others)
     if HYDRA_DIR in others or CHECKPOINT_DIR in others:
         raise UserError(
             f"{folder} already holds a run ({shown}); continue it with {shell_word(override('resume', str(folder)))}, "

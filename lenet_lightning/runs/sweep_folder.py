@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lenet_lightning.errors import UserError
-from lenet_lightning.runs.commands import override, printable, shell_word
+from lenet_lightning.runs.commands import first_names, override, shell_word
 from lenet_lightning.runs.folder import claim_run_folder
 from lenet_lightning.runs.layout import (
     CHECKPOINT_DIR,
@@ -45,7 +45,7 @@ def check_sweep_folder(folder: Path, job_name: str) -> None:
     names = sorted(entry.name for entry in os.scandir(folder) if not entry.name.startswith((LOCK_FILE, ".write-probe")))
     if not names:
         return
-    shown = ", ".join(printable(name) for name in names[:4]) + (", ..." if len(names) > 4 else "")
+    shown = first_names(names)
     if HYDRA_DIR in names or CHECKPOINT_DIR in names:
         raise UserError(
             f"hydra.sweep.dir={folder} holds a run ({shown}), not a sweep; continue the run with "

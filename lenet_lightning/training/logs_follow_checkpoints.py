@@ -1,8 +1,10 @@
 """TensorBoard's curves kept consistent with ``checkpoints/last.ckpt``, however the previous session ended."""
 
+from pathlib import Path
+
 import lightning as L
 
-from lenet_lightning.reporting.tensorboard_events import restart_at
+from lenet_lightning.reporting.tensorboard_events import restart_at, wait_to_be_read_last
 
 
 class LogsFollowCheckpoints(L.Callback):
@@ -27,3 +29,13 @@ class LogsFollowCheckpoints(L.Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "flush"):
                 experiment.flush()
+
+
+def name_event_files_after_the_last(trainer: L.Trainer) -> None:
+    """Before a resumed fit makes its event file: make sure TensorBoard replays it after the earlier sessions'.
+
+    Lightning creates the event file before the first callback hook runs, so this is called ahead of ``fit``.
+    """
+    for logger in trainer.loggers:
+        if isinstance(logger, L.pytorch.loggers.TensorBoardLogger):
+            wait_to_be_read_last(Path(logger.log_dir))

@@ -41,6 +41,7 @@ from lenet_lightning.speed.apply import with_speed_options
 from lenet_lightning.training.divergence import TrainingDiverged
 from lenet_lightning.training.interruptions import TrainingInterrupted, interruption_of
 from lenet_lightning.training.launch_guard import refuse_reexecution_in_multirun
+from lenet_lightning.training.logs_follow_checkpoints import name_event_files_after_the_last
 from lenet_lightning.training.preflight import check_run_rules
 from lenet_lightning.training.process_faults import process_death_of
 from lenet_lightning.training.throughput import THROUGHPUT_KEY
@@ -275,6 +276,8 @@ def fit(cfg: DictConfig) -> RunResult:
     refuse_reexecution_in_multirun(trainer)
     status, reason = RunStatus.COMPLETED, ""
     announce_nodes(trainer)
+    if ckpt_path is not None:
+        name_event_files_after_the_last(trainer)
     try:
         with stops_of(trainer, output_dir):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -339,6 +342,7 @@ def finish(cfg: DictConfig) -> RunResult:
         int(cfg.trainer.max_epochs),
         RESULT_FILE,
     )
+    name_event_files_after_the_last(trainer)
     with stops_of(trainer, output_dir):
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)  # trains no epoch
         analyses = [callback for callback in trainer.callbacks if isinstance(callback, ErrorAnalysis)]

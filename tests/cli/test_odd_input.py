@@ -7,19 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lenet_lightning.train import cli
-from tests.conftest import cli_env
-
-
-def train(monkeypatch: pytest.MonkeyPatch, cwd: Path, *arguments: str) -> int:
-    """``python -m lenet_lightning.train <arguments>`` in this process; its exit status."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["lenet_lightning.train", *arguments])
-    try:
-        cli()
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
+from tests.conftest import cli_env, train_in_process
 
 
 @pytest.mark.parametrize(
@@ -30,7 +18,7 @@ def train(monkeypatch: pytest.MonkeyPatch, cwd: Path, *arguments: str) -> int:
     ],
 )
 def test_a_config_group_set_to_null_is_one_line(monkeypatch, tmp_path: Path, capsys, argument: str, says: str) -> None:
-    assert train(monkeypatch, tmp_path, argument) == 2
+    assert train_in_process(monkeypatch, tmp_path, argument) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"error: {argument}: ") and says in error and "\n" not in error, error
     assert list(tmp_path.iterdir()) == []
@@ -39,14 +27,14 @@ def test_a_config_group_set_to_null_is_one_line(monkeypatch, tmp_path: Path, cap
 def test_a_dangling_link_as_the_run_folder_is_named_as_a_link(monkeypatch, tmp_path: Path, capsys) -> None:
     link = tmp_path / "run"
     link.symlink_to(tmp_path / "missing" / "folder")
-    assert train(monkeypatch, tmp_path, f"hydra.run.dir={link}") == 2
+    assert train_in_process(monkeypatch, tmp_path, f"hydra.run.dir={link}") == 2
     error = capsys.readouterr().err
     assert f"symbolic link to {tmp_path / 'missing' / 'folder'}, which does not exist" in error, error
     assert "free some space" not in error and sorted(os.listdir(tmp_path)) == ["run"]
 
 
 def test_a_folder_that_cannot_be_made_is_not_told_to_free_space(monkeypatch, tmp_path: Path, capsys) -> None:
-    assert train(monkeypatch, tmp_path, "hydra.run.dir=/proc/lenet-run") == 2
+    assert train_in_process(monkeypatch, tmp_path, "hydra.run.dir=/proc/lenet-run") == 2
     error = capsys.readouterr().err
     assert "make it writable or choose another folder" in error and "free some space" not in error, error
 

@@ -6,27 +6,14 @@ here comes from the pre-run checks, before Hydra writes anything, so the run fol
 
 import hashlib
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from lenet_lightning.train import cli
+from tests.conftest import train_in_process
 
 TINY_RUN = ("epochs=1", "accelerator=cpu", "callbacks.error_analysis=null", "callbacks.progress_bar.refresh_rate=0")
-
-
-def train(monkeypatch: pytest.MonkeyPatch, cwd: Path, *arguments: str) -> int:
-    """``python -m lenet_lightning.train <arguments>`` run in this process from ``cwd``; its exit status."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    monkeypatch.setattr(sys, "argv", ["lenet_lightning.train", *arguments])
-    try:
-        cli()
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
 
 
 def md5_sums(folder: Path) -> dict[str, str]:
@@ -44,7 +31,7 @@ def scheduled_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     folder = tmp_path_factory.mktemp("scheduled") / "run"
     with pytest.MonkeyPatch.context() as monkeypatch:
         arguments = (f"data_dir={tiny_data_dir}", *TINY_RUN, "lr=0.3", "scheduler=onecycle", f"hydra.run.dir={folder}")
-        assert train(monkeypatch, folder.parent, *arguments) == 0
+        assert train_in_process(monkeypatch, folder.parent, *arguments) == 0
     return folder
 
 
@@ -70,7 +57,7 @@ def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(
     run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, overrides: tuple[str, ...], says: str
 ) -> None:
     before = md5_sums(run)
-    assert train(monkeypatch, run.parent, f"resume={run}", *overrides) == 2
+    assert train_in_process(monkeypatch, run.parent, f"resume={run}", *overrides) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: ") and says in error[0], error
     assert md5_sums(run) == before  # result.json still "completed", overrides and checkpoint unchanged
@@ -84,7 +71,7 @@ def test_damaged_saved_overrides_are_named_instead_of_training_on_with_defaults(
 ) -> None:
     (run / ".hydra" / "overrides.yaml").write_text(content)
     before = md5_sums(run)
-    assert train(monkeypatch, run.parent, f"resume={run}", "epochs=3") == 2
+    assert train_in_process(monkeypatch, run.parent, f"resume={run}", "epochs=3") == 2
     error = capsys.readouterr().err.strip()
     assert says in error and "overrides" in error and "\n" not in error, error
     assert md5_sums(run) == before
@@ -92,7 +79,7 @@ def test_damaged_saved_overrides_are_named_instead_of_training_on_with_defaults(
 
 def test_a_resume_of_a_complete_run_changes_nothing(run: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     before = md5_sums(run)
-    assert train(monkeypatch, run.parent, f"resume={run}") == 0
+    assert train_in_process(monkeypatch, run.parent, f"resume={run}") == 0
     assert "already complete (epoch 1 of 1)" in capsys.readouterr().out
     assert md5_sums(run) == before
 
@@ -103,8 +90,8 @@ def test_continuing_with_ckpt_path_last_keeps_the_runs_saved_overrides(
 ) -> None:
     folder = tmp_path / "run"
     first = (f"data_dir={tiny_data_dir}", *TINY_RUN, "lr=0.3", f"hydra.run.dir={folder}")
-    assert train(monkeypatch, tmp_path, *first) == 0
-    assert train(monkeypatch, tmp_path, "ckpt_path=last", f"hydra.run.dir={folder}", "epochs=2") == 0
+    assert train_in_process(monkeypatch, tmp_path, *first) == 0
+    assert train_in_process(monkeypatch, tmp_path, "ckpt_path=last", f"hydra.run.dir={folder}", "epochs=2") == 0
     saved = (folder / ".hydra" / "overrides.yaml").read_text()
     assert "lr=0.3" in saved and "epochs=2" in saved
     checkpoint = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
@@ -118,7 +105,7 @@ def test_a_checkpoint_of_a_network_this_code_cannot_build_is_one_line(
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["hyper_parameters"]["net"]["activation"] = "swish"  # made by other code
     torch.save(checkpoint, path)
-    assert train(monkeypatch, run.parent, f"resume={run}", "epochs=3") == 2
+    assert train_in_process(monkeypatch, run.parent, f"resume={run}", "epochs=3") == 2
     error = capsys.readouterr().err.strip()
     assert "cannot rebuild ('swish')" in error and "\n" not in error, error
 
@@ -130,6 +117,6 @@ def test_a_checkpoint_with_a_flipped_bit_fails_its_crc_check(
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01  # inside the stored weights: still a zip, still finite numbers
     path.write_bytes(bytes(data))
-    assert train(monkeypatch, run.parent, f"resume={run}", "epochs=3") == 2
+    assert train_in_process(monkeypatch, run.parent, f"resume={run}", "epochs=3") == 2
     error = capsys.readouterr().err.strip()
     assert "fails its CRC check" in error and "\n" not in error, error

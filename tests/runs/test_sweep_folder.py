@@ -17,23 +17,10 @@ from pathlib import Path
 import pytest
 
 from lenet_lightning.runs.folder import hold_run_folder, release_run_folder
-from lenet_lightning.train import cli
-from tests.conftest import cli_env
+from tests.conftest import cli_env, train_in_process
 
 JOB = ("epochs=1", "accelerator=cpu", "callbacks.error_analysis=null", "callbacks.progress_bar.refresh_rate=0")
 JOBS = ("lr=0.1,0.9",)
-
-
-def train(monkeypatch: pytest.MonkeyPatch, cwd: Path, *arguments: str) -> int:
-    """``python -m lenet_lightning.train <arguments>`` run in this process from ``cwd``; its exit status."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    monkeypatch.setattr(sys, "argv", ["lenet_lightning.train", *arguments])
-    try:
-        cli()
-    except SystemExit as exit:
-        return 0 if exit.code is None else int(exit.code) if isinstance(exit.code, int) else 1
-    return 0
 
 
 def md5_sums(folder: Path) -> dict[str, str]:
@@ -51,7 +38,7 @@ def earlier_sweep(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     folder = tmp_path_factory.mktemp("sweep") / "sweep"
     with pytest.MonkeyPatch.context() as monkeypatch:
         arguments = ("-m", f"data_dir={tiny_data_dir}", *JOB, *JOBS, f"hydra.sweep.dir={folder}")
-        assert train(monkeypatch, folder.parent, *arguments) == 0
+        assert train_in_process(monkeypatch, folder.parent, *arguments) == 0
     return folder
 
 
@@ -67,7 +54,7 @@ def test_a_sweep_run_again_skips_its_completed_jobs_and_touches_none_of_their_fi
     before = md5_sums(sweep)
     assert sum(name.endswith("result.json") for name in before) == 2 and any("last.ckpt" in name for name in before)
     arguments = ("-m", f"data_dir={tiny_data_dir}", *JOB, *JOBS, f"hydra.sweep.dir={sweep}")
-    assert train(monkeypatch, tmp_path, *arguments) == 0
+    assert train_in_process(monkeypatch, tmp_path, *arguments) == 0
     assert md5_sums(sweep) == before
     said = capsys.readouterr().out
     assert said.count("run skipped:") == 2 and "holds this job's completed run (test acc 0.102)" in said
@@ -81,7 +68,7 @@ def test_a_sweep_with_other_data_is_refused_in_an_earlier_sweeps_folder(
     before = md5_sums(sweep)
     for how in ((f"data_dir={other_data}",), ()):  # on the command line, or from the environment
         monkeypatch.setenv("LENET_DATA_DIR", str(other_data))
-        assert train(monkeypatch, tmp_path, "-m", *how, *JOB, *JOBS, f"hydra.sweep.dir={sweep}") == 2
+        assert train_in_process(monkeypatch, tmp_path, "-m", *how, *JOB, *JOBS, f"hydra.sweep.dir={sweep}") == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and error.startswith("error: sweep job ")
         assert f"not data_dir={other_data}" in error and "give hydra.sweep.dir a new folder" in error
@@ -109,7 +96,9 @@ def test_a_named_sweep_folder_must_be_new_empty_or_an_earlier_sweep(
     before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
     try:
         assert (
-            train(monkeypatch, tmp_path, "-m", f"data_dir={tiny_data_dir}", *JOB, *JOBS, f"hydra.sweep.dir={folder}")
+            train_in_process(
+                monkeypatch, tmp_path, "-m", f"data_dir={tiny_data_dir}", *JOB, *JOBS, f"hydra.sweep.dir={folder}"
+            )
             == 2
         )
     finally:

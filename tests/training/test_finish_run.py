@@ -8,14 +8,13 @@ training command runs in-process (``cli()`` with ``sys.argv`` set).
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from lenet_lightning.runs.layout import RunStatus
 from lenet_lightning.runs.record import write_record
-from lenet_lightning.train import cli
+from tests.conftest import train_in_process
 
 RUN = (
     "epochs=1",
@@ -26,18 +25,6 @@ RUN = (
 END_OF_RUN = ("result.json", "confusion_matrix.png", "misclassified.png", "curves.png", "projector_config.pbtxt")
 
 
-def train(monkeypatch: pytest.MonkeyPatch, cwd: Path, *arguments: str) -> int:
-    """``python -m lenet_lightning.train <arguments>`` run in this process from ``cwd``; its exit status."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    monkeypatch.setattr(sys, "argv", ["lenet_lightning.train", *arguments])
-    try:
-        cli()
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
-
-
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -46,7 +33,10 @@ def md5(path: Path) -> str:
 def completed_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("finish") / "run"
     with pytest.MonkeyPatch.context() as monkeypatch:
-        assert train(monkeypatch, folder.parent, f"data_dir={tiny_data_dir}", *RUN, f"hydra.run.dir={folder}") == 0
+        assert (
+            train_in_process(monkeypatch, folder.parent, f"data_dir={tiny_data_dir}", *RUN, f"hydra.run.dir={folder}")
+            == 0
+        )
     return folder
 
 
@@ -63,7 +53,7 @@ def test_a_run_stopped_before_its_end_was_recorded_is_finished_by_resume(
         write_record(run, RunStatus(stopped), f"{stopped} in the end-of-run analysis")
     checkpoint = md5(run / "checkpoints" / "last.ckpt")
 
-    assert train(monkeypatch, tmp_path, f"resume={run}") == 0
+    assert train_in_process(monkeypatch, tmp_path, f"resume={run}") == 0
     said = capsys.readouterr().out
     assert "holds all 1 epochs but the run's end was not recorded: finishing it" in said
     assert not any(line.startswith("epoch 1/1") for line in said.splitlines()), "trained again"
@@ -75,7 +65,7 @@ def test_a_run_stopped_before_its_end_was_recorded_is_finished_by_resume(
     assert (run / "00001" / "test_features" / "tensors.tsv").is_file()
     assert md5(run / "checkpoints" / "last.ckpt") == checkpoint
 
-    assert train(monkeypatch, tmp_path, f"resume={run}") == 0  # finished now: nothing left to do
+    assert train_in_process(monkeypatch, tmp_path, f"resume={run}") == 0  # finished now: nothing left to do
     assert capsys.readouterr().out == f"resume={run}: already complete (epoch 1 of 1); raise epochs= to continue\n"
 
 
@@ -84,12 +74,12 @@ def test_with_checkpointing_off_no_checkpoint_is_written_and_a_resume_is_refused
 ) -> None:
     run = tmp_path / "run"
     off = ("callbacks.model_checkpoint=null", "callbacks.error_analysis=null")
-    assert train(monkeypatch, tmp_path, f"data_dir={tiny_data_dir}", *RUN, *off, f"hydra.run.dir={run}") == 0
+    assert train_in_process(monkeypatch, tmp_path, f"data_dir={tiny_data_dir}", *RUN, *off, f"hydra.run.dir={run}") == 0
     assert "no checkpoint is written, so this run cannot be resumed" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt")) and json.loads((run / "result.json").read_text())["status"] == "completed"
     before = {path: md5(path) for path in run.rglob("*") if path.is_file() and path.name != "train.log"}
 
-    assert train(monkeypatch, tmp_path, f"resume={run}") == 2
+    assert train_in_process(monkeypatch, tmp_path, f"resume={run}") == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith(f"error: resume={run}: the run was trained with ")
     assert "has no checkpoint to continue from" in error
