@@ -15,16 +15,18 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lenet_lightning.data.datamodule import TensorBatches
+if TYPE_CHECKING:
+    from lenet_lightning.data.datamodule import TensorBatches
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
@@ -33,9 +35,26 @@ TINY_TRAIN, TINY_TEST = 512, 128
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets its share of the cores, and so do the processes its tests start.
+
+    Every worker and every command it starts would otherwise run as many torch threads as the machine has
+    cores; on two cores two workers' training then spends more time waiting for threads than computing.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
+        import torch  # here, not at the top: xdist's controlling process trains nothing and need not load it
+
+        torch.set_num_threads(int(threads))
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection, which must see the added slow marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """real_data tests are slow too and need LENET_DATA_DIR; gpu tests need CUDA: both are skipped without."""
+    import torch
+
     for item in items:
         if item.get_closest_marker("real_data"):
             item.add_marker(pytest.mark.slow)
@@ -73,8 +92,12 @@ def write_tiny_dataset(root: Path, folder: str, n_train: int = TINY_TRAIN, n_tes
     return raw
 
 
-def rank_shards(size: int, world_size: int, batch_size: int, seed: int | None = None) -> list[TensorBatches]:
+def rank_shards(size: int, world_size: int, batch_size: int, seed: int | None = None) -> list["TensorBatches"]:
     """Every rank's share of ``size`` blank examples labelled 0..size-1 (shuffled from ``seed`` when given)."""
+    import torch
+
+    from lenet_lightning.data.datamodule import TensorBatches
+
     images = torch.zeros(size, 28, 28, dtype=torch.uint8)
     return [
         TensorBatches(
@@ -100,9 +123,17 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_config(tiny_data_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
-    """Compose the real ``conf/train.yaml`` with overrides, pointed at tiny data, CPU and ``tmp_path``."""
+    """Compose the real ``conf/train.yaml`` with overrides, pointed at tiny data, CPU and ``tmp_path``.
 
-    def _compose(*overrides: str, data_dir: Path = tiny_data_dir, output_dir: Path = tmp_path / "run") -> DictConfig:
+    The end-of-run figures are left out (they take most of a tiny run's time) unless an override names
+    ``callbacks.error_analysis`` or the test asks for them with ``figures=True``.
+    """
+
+    def _compose(
+        *overrides: str, data_dir: Path = tiny_data_dir, output_dir: Path = tmp_path / "run", figures: bool = False
+    ) -> DictConfig:
+        if not figures and not any("callbacks.error_analysis" in override for override in overrides):
+            overrides = (*overrides, "~callbacks.error_analysis")
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="train", overrides=[f"data_dir={data_dir}", *overrides])
         with open_dict(cfg):

@@ -27,6 +27,7 @@ from lenet_lightning.training.run import RunResult, fit
 from tests.conftest import TINY_TEST
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*PIPELINES_ON["cpu"], "floor_graphed"])  # floor_graphed: uncaptured on a CPU
 def test_each_pipeline_trains_and_reports_throughput_and_accuracy(tiny_data_dir: Path, name: str) -> None:
     measurement = PIPELINES[name](tiny_data_dir, "mnist", 1, 0)
@@ -74,12 +75,14 @@ def test_project_pipeline_runs_with_the_training_commands_settings(
     run_project(tiny_data_dir, "fashion", 2, 3)
     PIPELINES["project_graphed"](tiny_data_dir, "fashion", 2, 3, accelerator="gpu", eval_batch_size=1000)
     benchmarked, graphed = configs
-    normal = make_config("dataset=fashion", "epochs=2", "seed=3", "accelerator=cpu", output_dir=benchmarked.output_dir)
+    normal = make_config(
+        "dataset=fashion", "epochs=2", "seed=3", "accelerator=cpu", output_dir=benchmarked.output_dir, figures=True
+    )
     assert benchmarked.fast_cpu_layers is True and benchmarked.cuda_graph is False
     assert OmegaConf.to_container(benchmarked) == OmegaConf.to_container(normal)
     normal_graphed = make_config(
         "dataset=fashion", "epochs=2", "seed=3", "accelerator=gpu", "dataset.eval_batch_size=1000", "cuda_graph=true",
-        output_dir=graphed.output_dir,
+        output_dir=graphed.output_dir, figures=True,
     )  # fmt: skip
     assert OmegaConf.to_container(graphed) == OmegaConf.to_container(normal_graphed)
 

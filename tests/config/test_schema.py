@@ -219,24 +219,15 @@ def test_checks_run_without_importing_torch() -> None:
     assert done.stdout.strip() == "False", done.stderr
 
 
-# The command line: every kind of bad value, through all four commands, is one line on stderr and exit 2.
+# The command line: each way a value is refused (the schema's check, a missing key, a number too large for its
+# type, a key of a chosen group) is one line on stderr and exit 2, through all four commands. What each key's line
+# says is checked above, without the command around it.
 CLI_CASES = [
     ("train", ("model.activation=swish",), "model.activation"),
-    ("train", ("model.pooling=mean",), "model.pooling"),
-    ("train", ("compile=bogus",), "compile"),
-    ("train", ("trainer.precision=bogus",), "trainer.precision"),
-    ("train", ("dataset.name=cifar",), "dataset.name"),
-    ("train", ("lr=1e308",), "lr"),
     ("train", ("lr=nan",), "lr"),
-    ("train", ("lr=inf",), "lr"),
     ("train", (f"seed={2**70}",), "seed"),
     ("train", ("~lr",), "lr"),
-    ("train", ("augment.max_shift=-1",), "augment.max_shift"),
     ("train", ("scheduler=onecycle", "scheduler.max_lr=0"), "scheduler.max_lr"),
-    ("train", ("trainer.max_epochs=-1",), "trainer.max_epochs"),
-    ("train", ("model.dropout=nan",), "model.dropout"),
-    ("train", ("fast_cpu_layers=maybe",), "fast_cpu_layers"),
-    ("train", ("callbacks.error_analysis.projector_images=-5",), "callbacks.error_analysis.projector_images"),
     ("eval", ("accelerator=tpu",), "accelerator"),
     ("eval", ("projector_images=abc",), "projector_images"),
     ("predict", ("inputs=a.png", "batch_size=0"), "batch_size"),

@@ -25,6 +25,7 @@ def pytorch_logits(checkpoint: Path, images: torch.Tensor) -> np.ndarray:
         return load_checkpoint(str(checkpoint)).module(images).numpy()
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch_at_any_batch_size(checkpoint: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "lenet.onnx"
     result = export(str(checkpoint), "onnx", str(path), data_dir=str(tiny_data_dir), tolerance=TOLERANCE)

@@ -153,6 +153,7 @@ def test_augmentation_reaches_training_batches_only(augment: str, make_config: C
     assert passes >= 1 and torch.equal(evaluated, expected.repeat(passes, 1, 1, 1)), "every test pass sees raw images"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_runs_one_epoch(name: str, make_config: Callable) -> None:
     # No end-of-run figures: they are tested on their own, and drawing them would double this test's time.

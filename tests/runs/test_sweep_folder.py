@@ -19,6 +19,8 @@ import pytest
 from lenet_lightning.runs.folder import hold_run_folder, release_run_folder
 from tests.conftest import cli_env, train_in_process
 
+pytestmark = pytest.mark.slow  # every test trains a sweep's jobs first
+
 JOB = ("epochs=1", "accelerator=cpu", "callbacks.error_analysis=null", "callbacks.progress_bar.refresh_rate=0")
 JOBS = ("lr=0.1,0.9",)
 
@@ -124,7 +126,6 @@ def test_the_sweep_folder_is_held_while_the_sweep_writes_it(sweep: Path) -> None
     release_run_folder(sweep)
 
 
-@pytest.mark.slow
 def test_a_sweep_killed_with_sigkill_continues_its_interrupted_job_from_its_checkpoint(
     tiny_data_dir: Path, tmp_path: Path
 ) -> None:

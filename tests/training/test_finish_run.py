@@ -16,6 +16,8 @@ from lenet_lightning.runs.layout import RunStatus
 from lenet_lightning.runs.record import write_record
 from tests.conftest import train_in_process
 
+pytestmark = pytest.mark.slow  # every test trains a run and stops it first
+
 RUN = (
     "epochs=1",
     "accelerator=cpu",
