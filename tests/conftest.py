@@ -5,6 +5,8 @@ output captured, ``SystemExit`` caught): what a user sees of a command, without 
 ``run_cli`` starts the real process, for the tests where the process is what is under test (tests/cli/).
 """
 
+import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -225,10 +227,36 @@ def call_command(
             if exit.code is not None and not isinstance(exit.code, int):
                 print(exit.code, file=sys.stderr)  # what Python prints for sys.exit("message") as it ends
         finally:
+            for handler in set(root.handlers) - set(handlers):
+                handler.close()  # the run's train.log, closed as the end of the command's process would
             root.handlers[:], root.level = handlers, level
             forget_hydra_run()
     out, err = capfd.readouterr() if capfd is not None else ("", "")
     return subprocess.CompletedProcess([module, *args], status, out, err)
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` for the test (mounting needs root: the test is skipped without it).
+
+    Unmounted lazily, so a file a failed test left open cannot keep the mount behind after the test.
+    """
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+def fill_up(folder: Path, chunk: int = 65536) -> None:
+    """Write a file ``filler`` into ``folder`` until its disk is full."""
+    with (folder / "filler").open("wb", buffering=0) as file, pytest.raises(OSError) as raised:
+        while True:
+            file.write(b"\0" * chunk)
+    assert raised.value.errno == errno.ENOSPC
 
 
 def train_in_process(monkeypatch: pytest.MonkeyPatch, cwd: Path, *arguments: str) -> int:
@@ -295,6 +323,8 @@ def process_state_restored() -> Iterator[None]:
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     yield
     forget_hydra_run()
+    for handler in set(root.handlers) - set(handlers):
+        handler.close()
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.raiseExceptions = raise_exceptions

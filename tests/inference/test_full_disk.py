@@ -7,9 +7,7 @@ process took the space after the check) is shown by lowering the check's thresho
 command starts and meets the full disk in its writes: TensorBoard's, Pillow's, ONNX's, TorchScript's and the CSV's.
 """
 
-import errno
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 
 from lenet_lightning.inference import outputs
 from lenet_lightning.runs.layout import LAST_CHECKPOINT
+from tests.conftest import fill_up, small_tmpfs
 from tests.inference.conftest import md5, one_error_line, run_tool
 
 ARGUMENTS = {  # what each command needs besides ckpt_path and output=, and the output's name
@@ -30,19 +29,9 @@ ARGUMENTS = {  # what each command needs besides ckpt_path and output=, and the 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MB tmpfs filled to the last byte by a file ``filler``."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        with (mount / "filler").open("wb", buffering=0) as file, pytest.raises(OSError) as raised:
-            while True:
-                file.write(b"\0" * 65536)
-        assert raised.value.errno == errno.ENOSPC
+    with small_tmpfs(tmp_path / "disk", "4m") as mount:
+        fill_up(mount)
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def command_line(command: str, run: Path, disk: Path, picture: Path) -> tuple[str, Path, list[str]]:

@@ -7,6 +7,7 @@ import math
 import os
 import shlex
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +20,7 @@ from lenet_lightning.reporting.records import read_run
 from lenet_lightning.reporting.sweep_summary import write_summary
 from lenet_lightning.runs.record import write_result_json
 from lenet_lightning.training.run import OutOfDisk, disk_error_in, fit
-from tests.conftest import TINY_TEST, TINY_TRAIN, call_command, write_tiny_dataset
+from tests.conftest import TINY_TEST, TINY_TRAIN, call_command, small_tmpfs, write_tiny_dataset
 
 NO_FIGURES = "~callbacks.error_analysis"  # rendering the error-analysis figures costs seconds per run
 QUICK = ("dataset.batch_size=64", "accelerator=cpu", NO_FIGURES)
@@ -56,19 +57,10 @@ class FillDisk(L.Callback):
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
+def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 24 MB tmpfs of its own (needs permission to mount; skipped without it)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={MOUNT_SIZE}", "tmpfs", str(mount)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
+    with small_tmpfs(tmp_path / "disk", str(MOUNT_SIZE)) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def fill_disk(mount: Path, epoch: int, **options: object) -> list[str]:

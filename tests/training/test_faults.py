@@ -4,7 +4,7 @@ TensorBoard curve; diverged runs stop early and say so; concurrent runs and bad 
 import json
 import re
 import signal
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ import torch
 
 from lenet_lightning.runs.folder import reserve_run_folder
 from lenet_lightning.training.run import fit
+from tests.conftest import fill_up, small_tmpfs
 from tests.reliability_faults import NO_FIGURES, RECIPE, curves, fault, fit_until_ctrl_c
 
 
@@ -84,20 +85,11 @@ def test_unwritable_output_folder_fails_at_start_up(run_command, tmp_path: Path)
 
 
 @pytest.fixture
-def full_disk(tmp_path: Path):
+def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 256 kB tmpfs filled to the brim (needs permission to mount; skipped without it)."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
-        with (mount / "filler").open("wb", buffering=0) as file, pytest.raises(OSError):
-            while True:
-                file.write(b"\0" * 4096)
+    with small_tmpfs(tmp_path / "full", "256k") as mount:
+        fill_up(mount, chunk=4096)
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 @pytest.mark.slow
