@@ -64,6 +64,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="set LENET_DATA_DIR to a folder with MNIST/ and FashionMNIST/"))
         if item.get_closest_marker("gpu") and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+    # Longest first, so that parallel workers end together: a real-data run started last would run on alone.
+    items.sort(
+        key=lambda item: 0 if item.get_closest_marker("real_data") else 1 if item.get_closest_marker("slow") else 2
+    )
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

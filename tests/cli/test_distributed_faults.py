@@ -60,7 +60,11 @@ def test_torch_reports_of_a_dead_process_become_an_interruption_naming_it(make_c
 
 def kill_a_training_process(rank: int, run: Path, data_dir: Path, logs: Path) -> None:
     """Start a ``trainer=ddp_cpu`` run, SIGKILL its process of rank ``rank`` once the first checkpoint exists, and
-    check that the run ends within a minute with one line naming that process and the resume command."""
+    check that the run ends within a minute with one line naming that process and the resume command.
+
+    Rank 0 is the one killed below (it writes the checkpoints); how the death of any other rank is named is
+    :func:`test_torch_reports_of_a_dead_process_become_an_interruption_naming_it`, and torch stops the others alike.
+    """
     command = [sys.executable, "-m", "lenet_lightning.train", *RECIPE, f"hydra.run.dir={run}"]
     with (logs / "stdout").open("w") as stdout, (logs / "stderr").open("w") as stderr:
         parent = subprocess.Popen(command, cwd=logs, env=cli_env(data_dir), stdout=stdout, stderr=stderr)
@@ -86,11 +90,6 @@ def kill_a_training_process(rank: int, run: Path, data_dir: Path, logs: Path) ->
     assert "ProcessExitedException" not in errors and "Error executing job" not in errors, "no traceback of the run"
     record = json.loads((run / "result.json").read_text())
     assert record["status"] == "interrupted" and f"pid {workers[rank]}" in record["reason"]
-
-
-@pytest.mark.slow
-def test_a_killed_ddp_cpu_process_ends_the_run_within_a_minute_in_one_line(tiny_data_dir: Path, tmp_path: Path) -> None:
-    kill_a_training_process(1, tmp_path / "run", tiny_data_dir, tmp_path)
 
 
 @pytest.mark.slow

@@ -39,8 +39,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def test_search_prunes_and_chooses_on_validation_only(run_cli, tmp_path: Path, unrelated_test_labels: Path) -> None:
-    done = run_cli(
+def test_search_prunes_and_chooses_on_validation_only(run_command, tmp_path: Path, unrelated_test_labels: Path) -> None:
+    done = run_command(
         *SEARCH, *QUIET, "epochs=3", "hydra.sweeper.n_trials=5", "hydra.sweeper.pruner.n_startup_trials=1",
         "hydra.sweeper.pruner.n_warmup_steps=1", "hydra.sweeper.storage=search.journal",
         data_dir=unrelated_test_labels,

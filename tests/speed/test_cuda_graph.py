@@ -162,15 +162,14 @@ def test_cuda_graph_on_a_machine_without_a_gpu_is_refused(make_config, monkeypat
         refuse_unsupported_cuda_graph(make_config("cuda_graph=true", "accelerator=auto"))
 
 
-@pytest.mark.slow
-def test_the_command_refuses_cuda_graph_on_the_cpu_before_training(run_cli, tmp_path: Path) -> None:
+def test_the_command_refuses_cuda_graph_on_the_cpu_before_training(run_command, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = run_cli("cuda_graph=true", "accelerator=cpu", f"hydra.run.dir={run}")
+    result = run_command("cuda_graph=true", "accelerator=cpu", f"hydra.run.dir={run}")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: cuda_graph=true trains on a GPU only")
     assert "Traceback" not in result.stderr
     assert not (run / "checkpoints").exists()
-    bad = run_cli("cuda_graph=maybe", f"hydra.run.dir={tmp_path / 'bad'}")
+    bad = run_command("cuda_graph=maybe", f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "cuda_graph" in bad.stderr and "Traceback" not in bad.stderr
 
 
