@@ -79,20 +79,19 @@ def test_command_line_times_each_command_in_its_own_process_and_writes_every_run
 ) -> None:
     output = tmp_path / "tta.json"
     argv = ["time_to_accuracy", "--data-dir", str(tiny_data_dir), "--datasets", "fashion", "--seeds", "1"]
-    argv += ["--with-recipe", "--project-override", "dataset.batch_size=64"]  # one-cycle needs batches on tiny data
+    argv += ["--project-override", "dataset.batch_size=64"]  # one-cycle needs batches on tiny data
     monkeypatch.setattr(sys, "argv", [*argv, "--json", str(output)])
     benchmarks.time_to_accuracy.main()
     payload = json.loads(output.read_text())
     runs = payload["runs"]
     assert [(run["dataset"], run["command"], run["seed"]) for run in runs] == [
         ("fashion", "seed_recipe", 0),
-        ("fashion", "recipe", 0),
         ("fashion", "speedrun", 0),
     ]
     for run in runs:  # read back from each process: its own training time inside the wall time it was given
         assert run["wall_seconds"] > run["train_seconds"] > 0
         assert run["test_acc"] * TINY_TEST == pytest.approx(round(run["test_acc"] * TINY_TEST))
-    assert {row["command"] for row in payload["summary"]} == {"seed_recipe", "recipe", "speedrun"}
+    assert {row["command"] for row in payload["summary"]} == {"seed_recipe", "speedrun"}
     assert "| fashion | speedrun |" in capsys.readouterr().out
 
 
@@ -102,3 +101,16 @@ def test_speedrun_mnist_reaches_98_5_percent_on_the_real_test_set(make_config) -
     result = fit(cfg)
     assert result.status == "completed"
     assert result.test_acc >= 0.985, result
+
+
+def test_the_recipe_and_the_speedrun_are_the_training_command_with_their_own_overrides(tmp_path: Path) -> None:
+    """The recipe's row (``--with-recipe``) runs the same command as the speedrun's, timed the same way."""
+    arguments = (tmp_path / "data", "fashion", 2, "cpu", tmp_path / "run", ("dataset.batch_size=64",))
+    recipe = benchmarks.time_to_accuracy.COMMANDS["recipe"](*arguments)
+    speedrun = benchmarks.time_to_accuracy.COMMANDS["speedrun"](*arguments)
+    assert recipe[1:3] == speedrun[1:3] == ["-m", "lenet_lightning.train"]
+    assert recipe[3] == "dataset=fashion" and speedrun[3] == "experiment=speedrun_fashion"
+    assert recipe[4:] == speedrun[4:] == [
+        f"data_dir={tmp_path / 'data'}", "seed=2", "accelerator=cpu", f"hydra.run.dir={tmp_path / 'run'}",
+        "dataset.batch_size=64",
+    ]  # fmt: skip
