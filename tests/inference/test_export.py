@@ -4,8 +4,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime
 import pytest
 import torch
 
@@ -27,6 +25,9 @@ def pytorch_logits(checkpoint: Path, images: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.slow
 def test_onnx_matches_pytorch_at_any_batch_size(checkpoint: Path, tiny_data_dir: Path, tmp_path: Path) -> None:
+    import onnx  # here: loading ONNX and its runtime costs every test process half a second at collection
+    import onnxruntime
+
     path = tmp_path / "lenet.onnx"
     result = export(str(checkpoint), "onnx", str(path), data_dir=str(tiny_data_dir), tolerance=TOLERANCE)
     assert result.max_abs_difference <= TOLERANCE
