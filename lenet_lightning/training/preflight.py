@@ -9,6 +9,7 @@ Torch is imported only once the schema has passed (the rules read data files and
 mistyped value is refused in about a second.
 """
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,15 @@ def check_run_rules(cfg: DictConfig) -> None:
             f"dataset.val_size={val_size} leaves no training examples (the training set has {examples}); "
             f"use a dataset.val_size below {examples}"
         )
+    processes = training_processes(cfg)
+    share = math.ceil((examples - val_size) / processes)  # each process's part of the training set, padded equal
+    if batch_norm and share < 2:
+        among = f", shared among {processes} training processes" if processes > 1 else ""
+        raise UserError(
+            f"batch norm needs at least 2 examples per batch, but dataset.val_size={val_size} leaves "
+            f"{examples - val_size} training example(s){among}; "
+            "use a smaller dataset.val_size or model.batch_norm=false"
+        )
     schedule = cfg.scheduler
     if schedule.get("name") == "onecycle":
         full, remainder = divmod(examples - val_size, batch_size)  # a last batch of one joins the one before it
@@ -70,6 +80,14 @@ def check_run_rules(cfg: DictConfig) -> None:
         from lenet_lightning.speed.cuda_graph import refuse_unsupported_cuda_graph  # asks torch for a GPU
 
         refuse_unsupported_cuda_graph(cfg)
+
+
+def training_processes(cfg: DictConfig) -> int:
+    """How many processes share the training set: devices (a count or a list) times nodes; ``auto`` counts as one,
+    as it is on a CPU (on GPUs it means every visible one, which this torch-free check cannot count)."""
+    devices = cfg.trainer.get("devices", 1)
+    per_node = len(devices) if isinstance(devices, ListConfig | list) else devices if isinstance(devices, int) else 1
+    return max(1, per_node) * max(1, int(cfg.trainer.get("num_nodes", 1) or 1))
 
 
 def training_examples(cfg: DictConfig) -> int:

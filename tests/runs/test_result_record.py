@@ -19,6 +19,7 @@ from lenet_lightning.errors import UserError
 from lenet_lightning.reporting.records import read_run
 from lenet_lightning.reporting.sweep_summary import write_summary
 from lenet_lightning.runs.record import write_result_json
+from lenet_lightning.training.preflight import check_run_rules
 from lenet_lightning.training.run import OutOfDisk, disk_error_in, fit
 from tests.conftest import TINY_TEST, TINY_TRAIN, call_command, small_tmpfs, write_tiny_dataset
 
@@ -276,6 +277,24 @@ def test_batch_norm_with_batches_of_one_is_refused_before_any_work(make_config, 
     with pytest.raises(UserError, match=r"dataset.batch_size=1 cannot train a model with batch norm"):
         fit(make_config("model=lenet_bn", "dataset.batch_size=1", output_dir=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("trainer", "processes"),
+    [((), 1), (("trainer=ddp_cpu", "trainer.devices=2"), 2), (("trainer=ddp_multinode", "trainer.num_nodes=3"), 3)],
+    ids=["one process", "two processes", "three nodes"],
+)
+def test_batch_norm_on_a_share_of_one_training_example_is_refused_before_any_work(
+    make_config, tmp_path: Path, trainer: tuple[str, ...], processes: int
+) -> None:
+    """A training set, or each process's share of it, of a single example cannot fill a batch of two."""
+    one_each = make_config("model=lenet_bn", *trainer, f"dataset.val_size={TINY_TRAIN - processes}")
+    with pytest.raises(UserError, match="batch norm needs at least 2 examples per batch") as refused:
+        fit(one_each)
+    assert f"leaves {processes} training example(s)" in str(refused.value)
+    assert ("among" in str(refused.value)) == (processes > 1)
+    assert not (tmp_path / "run").exists()
+    check_run_rules(make_config("model=lenet_bn", *trainer, f"dataset.val_size={TINY_TRAIN - 2 * processes}"))
 
 
 @pytest.mark.slow
