@@ -192,6 +192,7 @@ def main() -> None:
         "--project-override", action="append", default=[], help="extra Hydra override for the project's commands"
     )
     parser.add_argument("--json", type=Path, help="also write every run and the summary here")
+    parser.add_argument("--no-warm-up", action="store_true", help="skip the untimed speedrun first")
     args = parser.parse_args()
 
     names = [BASELINE, *(["recipe"] if args.with_recipe else []), "speedrun"]
@@ -204,7 +205,9 @@ def main() -> None:
         )
 
     seeds, overrides = list(range(args.seeds)), tuple(args.project_override)
-    runs = benchmark(args.data_dir, args.datasets, seeds, names, args.accelerator, overrides, report=report)
+    runs = benchmark(
+        args.data_dir, args.datasets, seeds, names, args.accelerator, overrides, not args.no_warm_up, report=report
+    )
     rows = summarize(runs)
     extra = f", project overrides: {' '.join(overrides)}" if overrides else ""
     print(f"\n{args.seeds} seeds, accelerator {args.accelerator}{extra}; times are means over seeds")

@@ -13,6 +13,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 LIGHTNING_RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+TORCH_SPAWN_LOGGER = "torch.multiprocessing.spawn"
 ADVERT_MARKER = "💡 Tip:"  # how Lightning 2.6 starts its litlogger and litmodels adverts
 
 
@@ -30,6 +31,11 @@ class BelowLevel(logging.Filter):
 def is_not_advert(record: logging.LogRecord) -> bool:
     """Logging filter: drop Lightning's adverts for its cloud products (litlogger, litmodels)."""
     return not record.getMessage().startswith(ADVERT_MARKER)
+
+
+def is_not_termination_notice(record: logging.LogRecord) -> bool:
+    """Logging filter: drop torch's notice that it stops the other processes after one of them died."""
+    return not record.getMessage().startswith("Terminating process")
 
 
 def without_final_newline(record: logging.LogRecord) -> bool:
@@ -55,6 +61,8 @@ def quiet_dependency_noise() -> None:
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
     # Lightning advertises litlogger and litmodels on every run; the filter matches the advert lines only.
     logging.getLogger(LIGHTNING_RANK_ZERO_LOGGER).addFilter(is_not_advert)
+    # When a ddp_spawn process dies torch stops the others and says so; the run's one line names the dead process.
+    logging.getLogger(TORCH_SPAWN_LOGGER).addFilter(is_not_termination_notice)
 
 
 def route_to_logging() -> None:

@@ -79,7 +79,7 @@ def test_command_line_times_each_command_in_its_own_process_and_writes_every_run
 ) -> None:
     output = tmp_path / "tta.json"
     argv = ["time_to_accuracy", "--data-dir", str(tiny_data_dir), "--datasets", "fashion", "--seeds", "1"]
-    argv += ["--project-override", "dataset.batch_size=64"]  # one-cycle needs batches on tiny data
+    argv += ["--project-override", "dataset.batch_size=64", "--no-warm-up"]  # one-cycle needs batches on tiny data
     monkeypatch.setattr(sys, "argv", [*argv, "--json", str(output)])
     benchmarks.time_to_accuracy.main()
     payload = json.loads(output.read_text())
