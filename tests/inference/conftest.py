@@ -3,7 +3,9 @@
 import hashlib
 import importlib
 import shutil
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,11 @@ def run_b(tiny_trained_run: Path, data_dir: Path, tmp_path: Path) -> Path:
         (projector / name).write_text(f"run B's {name}\n")
     (folder / "projector_config.pbtxt").write_text('embeddings {\n  tensor_name: "test_features:00001"\n}\n')
     return folder
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data and the CRC a decoder checks."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def digit_png(path: Path) -> Path:

@@ -24,6 +24,7 @@ from lenet_lightning.inference.checkpoint import load_checkpoint
 from lenet_lightning.inference.export import ExportCheckError, export, largest_difference, within_tolerance
 from lenet_lightning.inference.outputs import check_output_file, check_output_folder, same_file
 from lenet_lightning.runs.atomic import replaced_on_success
+from tests.inference.conftest import digit_png, png_chunk
 
 RunCommand = Callable[..., subprocess.CompletedProcess]
 SIDE = 4096  # MAX_PIXELS is SIDE x SIDE
@@ -31,23 +32,12 @@ SIDE = 4096  # MAX_PIXELS is SIDE x SIDE
 
 def blank_png(path: Path, width: int, height: int) -> Path:
     """A valid black grayscale PNG of any size, compressed row by row: a huge one costs little memory or disk."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     compressor = zlib.compressobj(9)
     row = bytes(1 + width)  # filter type 0, then black pixels
     data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
-    return path
-
-
-def digit_png(path: Path) -> Path:
-    """A 28 x 28 picture like the tiny data set's: one bright band of rows on black."""
-    pixels = np.zeros((28, 28), dtype=np.uint8)
-    pixels[8:10, 4:24] = 255
-    Image.fromarray(pixels).save(path)
+    chunks = png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
     return path
 
 

@@ -5,8 +5,6 @@ import io
 import os
 import signal
 import socket
-import struct
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +21,7 @@ from lenet_lightning.inference.checkpoint import load_checkpoint
 from lenet_lightning.inference.predict import predict
 from lenet_lightning.training.run import fit
 from tests.conftest import REAL_DATA_DIR, write_idx
+from tests.inference.conftest import png_chunk
 
 TRAIN_IMAGES = 3000  # a real-data subset: enough for a model with clear-cut predictions, in seconds
 PICTURES = 24
@@ -145,10 +144,6 @@ def test_unreadable_files_are_reported_and_the_rest_converted(tmp_path: Path) ->
     assert loaded.paths == [tmp_path / "blank.bmp"]
     assert loaded.images.shape == (1, 1, 28, 28)
     assert [path.name for path, _ in loaded.failures] == ["notes.jpg"]
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def damaged_pngs(folder: Path) -> dict[str, str]:
