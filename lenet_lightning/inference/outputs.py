@@ -22,15 +22,19 @@ import contextlib
 import errno
 import fnmatch
 import os
-import shutil
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from lenet_lightning.errors import UserError
-from lenet_lightning.runs.folder import MIN_FREE_BYTES, PROBE_BYTES
+from lenet_lightning.runs.disk import (
+    DISK_ERRORS,
+    MIN_FREE_BYTES,
+    disk_errors_of_threads,
+    free_bytes_after_probe,
+    is_disk_error,
+)
 from lenet_lightning.runs.layout import (
     CHECKPOINT_DIR,
     EVENT_FILES,
@@ -44,11 +48,6 @@ from lenet_lightning.runs.layout import (
 FilesRead = Iterable[tuple[str, Path]]
 IsOwnOutput = Callable[[Path], bool]
 IDX_NAMES = ("*-idx?-ubyte", "*-idx?-ubyte.gz")  # MNIST's files, as torchvision keeps them
-DISK_ERRORS = {
-    errno.ENOSPC: "no space is left",
-    errno.EDQUOT: "the disk quota is used up",
-    errno.EROFS: "the file system is read-only",
-}
 NEVER = "which eval, predict and export never write, even with overwrite=true; pass another output="
 
 
@@ -134,9 +133,7 @@ def record_part(path: Path, data_folders: Iterable[Path] = (), home: Path | None
 def check_writable(folder: Path, where: str) -> None:
     """Raise unless files can be created in ``folder`` (or the nearest folder above it that exists), with room.
 
-    A probe file of training's probe size says it for every cause at once (permissions, a read-only mount, root
-    squashing on a network share, a full disk), where ``os.access`` can be wrong; it is never linked into the
-    folder, so nothing is left behind. Then the free space training asks for (``runs/folder.py``) must be there.
+    The probe and the free space asked for are training's (``runs/disk.py``).
     """
     existing = folder.absolute()
     while not existing.exists():
@@ -144,13 +141,9 @@ def check_writable(folder: Path, where: str) -> None:
     if not existing.is_dir():
         raise UserError(f"cannot write {where}: {existing} is a file, not a folder; pass another output=")
     try:
-        with tempfile.TemporaryFile(dir=existing) as probe:
-            probe.write(b"\0" * PROBE_BYTES)
-            probe.flush()
-            os.fsync(probe.fileno())
+        free = free_bytes_after_probe(existing)
     except OSError as error:
         raise unwritable(where, existing, error) from None
-    free = shutil.disk_usage(existing).free
     if free < MIN_FREE_BYTES:
         raise UserError(
             f"cannot write {where}: only {free / 2**20:.1f} MB free in {existing} (about "
@@ -273,22 +266,13 @@ def written_in_full(where: str, folder: Path | None = None) -> Iterator[None]:
     """
     before = set(folder.rglob("*")) if folder is not None and folder.is_dir() else set()
     missing = [] if folder is None else [path for path in (folder, *folder.parents) if not path.exists()]
-    in_threads: list[OSError] = []
-    previous_hook = threading.excepthook
-
-    def quiet(args: threading.ExceptHookArgs) -> None:
-        if isinstance(args.exc_value, OSError) and args.exc_value.errno in DISK_ERRORS:
-            in_threads.append(args.exc_value)
-        else:
-            previous_hook(args)
-
-    threading.excepthook = quiet
     try:
-        yield
-        if in_threads:
-            raise in_threads[0]
+        with disk_errors_of_threads() as in_threads:
+            yield
+            if in_threads:
+                raise in_threads[0]
     except OSError as error:
-        if error.errno not in DISK_ERRORS:
+        if not is_disk_error(error):
             raise
         for thread in threading.enumerate():  # a failed writer thread ends (and reports) before the hook goes
             if thread is not threading.current_thread() and getattr(thread, "exception", None) is not None:
@@ -299,8 +283,6 @@ def written_in_full(where: str, folder: Path | None = None) -> Iterator[None]:
         raise UserError(
             f"cannot write {where}: {DISK_ERRORS[error.errno]} ({error.strerror}); {fix}pass output= another place"
         ) from None
-    finally:
-        threading.excepthook = previous_hook
 
 
 def remove_created(folder: Path, before: set[Path], missing: list[Path]) -> None:

@@ -12,17 +12,15 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from lenet_lightning.errors import UserError
 from lenet_lightning.runs.commands import first_names, override, printable, shell_word
+from lenet_lightning.runs.disk import MIN_FREE_BYTES, PROBE_PREFIX, free_bytes_after_probe
 from lenet_lightning.runs.layout import CHECKPOINT_DIR, HYDRA_DIR, LOCK_FILE
 
-MIN_FREE_BYTES = 20 * 2**20  # a LeNet run writes ~2 MB (checkpoint, its temporary copy, event files)
-PROBE_BYTES = 2**20
 # Set by Lightning, torchrun and SLURM in each process of a distributed run; rank 0 claims the folder.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS")
@@ -52,17 +50,9 @@ def check_writable(folder: Path) -> None:
     """Raise a one-line :class:`UserError` unless ``folder`` can be created and written, with room to spare."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        try:
-            with probe.open("wb") as file:
-                file.write(b"\0" * PROBE_BYTES)
-                file.flush()
-                os.fsync(file.fileno())
-        finally:
-            probe.unlink(missing_ok=True)
+        free = free_bytes_after_probe(folder)
     except OSError as error:
         raise unwritable(folder, error) from None
-    free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
         raise UserError(
             f"only {free / 2**20:.1f} MB free in {folder} (a run needs about {MIN_FREE_BYTES / 2**20:.0f} MB); "
@@ -277,7 +267,7 @@ def refuse_used_folder(folder: Path) -> None:
 def _written_by_other_ranks(name: str) -> bool:
     """Files the other processes of a distributed run started by torchrun or SLURM write before rank 0 looks."""
     sizes = [int(os.environ[key]) for key in WORLD_SIZE_VARIABLES if os.environ.get(key, "").isdigit()]
-    written_first = name == HYDRA_DIR or name.endswith(".log") or name.startswith(".write-probe-")
+    written_first = name == HYDRA_DIR or name.endswith(".log") or name.startswith(PROBE_PREFIX)
     return max(sizes, default=1) > 1 and written_first
 
 

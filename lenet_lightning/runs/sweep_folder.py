@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lenet_lightning.errors import UserError
 from lenet_lightning.runs.commands import first_names, override, shell_word
+from lenet_lightning.runs.disk import PROBE_PREFIX
 from lenet_lightning.runs.folder import claim_run_folder
 from lenet_lightning.runs.layout import (
     CHECKPOINT_DIR,
@@ -42,7 +43,7 @@ def claim_sweep_folder(folder: Path, job_name: str) -> None:
 
 def check_sweep_folder(folder: Path, job_name: str) -> None:
     """Raise a one-line :class:`UserError` unless ``folder`` is empty or holds an earlier sweep of ``job_name``."""
-    names = sorted(entry.name for entry in os.scandir(folder) if not entry.name.startswith((LOCK_FILE, ".write-probe")))
+    names = sorted(entry.name for entry in os.scandir(folder) if not entry.name.startswith((LOCK_FILE, PROBE_PREFIX)))
     if not names:
         return
     shown = first_names(names)

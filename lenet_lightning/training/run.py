@@ -3,11 +3,9 @@
 Shared by the command line (``train.py``), the tests and the benchmark, so all three run the same code.
 """
 
-import errno
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from lenet_lightning.reporting.predictions import predict_test_set
 from lenet_lightning.reporting.tensorboard_events import write_summaries
 from lenet_lightning.runs.checkpoint_fit import checkpoint_to_resume
 from lenet_lightning.runs.commands import override, train_command
+from lenet_lightning.runs.disk import disk_errors_of_threads, is_disk_error
 from lenet_lightning.runs.folder import check_writable
 from lenet_lightning.runs.layout import LAST_CHECKPOINT, RESULT_FILE, RunStatus
 from lenet_lightning.runs.record import write_result_json
@@ -52,7 +51,6 @@ HPARAM_SECTIONS = ("dataset", "model", "optimizer", "scheduler", "augment")
 WALL_SECONDS_KEY = "wall_seconds"  # in callback_metrics, where fit() reads it (also after ddp_spawn)
 LAST_EPOCH_KEY = "last_epoch_metrics"  # in each checkpoint: REPORTED_METRICS of the epoch it holds
 # The disk of the run folder cannot take more: full, over quota, or remounted read-only.
-OUT_OF_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 @dataclass
@@ -208,31 +206,11 @@ def disk_error_in(error: BaseException) -> OSError | None:
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
-        if isinstance(current, OSError) and current.errno in OUT_OF_DISK:
+        if is_disk_error(current):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
-
-
-@contextmanager
-def threads_quiet_about_the_disk() -> Iterator[None]:
-    """Drop the traceback of a background thread that dies of a full (or read-only) disk.
-
-    TensorBoard's event writer thread keeps its error for the training thread, which raises it at the next
-    write; the thread's own traceback would report the same disk a second time.
-    """
-    previous = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in OUT_OF_DISK):
-            previous(args)
-
-    threading.excepthook = hook
-    try:
-        yield
-    finally:
-        threading.excepthook = previous
 
 
 def out_of_disk(error: OSError, output_dir: Path) -> OutOfDisk:
@@ -299,7 +277,8 @@ def stops_of(trainer: L.Trainer, output_dir: Path) -> Iterator[None]:
     spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
     passed_on: list[int] = []
     try:
-        with threads_quiet_about_the_disk(), signals_handled_by_lightning(spawned) as passed_on:
+        # TensorBoard's writer thread dies of a full disk too; training raises that error at its next write.
+        with disk_errors_of_threads(), signals_handled_by_lightning(spawned) as passed_on:
             yield
     except TrainingDiverged:
         raise

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lenet_lightning.inference import outputs
+from lenet_lightning.runs import disk
 from lenet_lightning.runs.layout import LAST_CHECKPOINT
 from tests.conftest import fill_up, small_tmpfs
 from tests.inference.conftest import md5, one_error_line, run_tool
@@ -69,7 +70,7 @@ def test_a_full_disk_is_one_line_before_any_work(
 def test_a_disk_that_fills_while_writing_is_one_line_and_leaves_nothing(
     monkeypatch, capsys, run_a: Path, full_disk: Path, picture: Path, command: str, room: int
 ) -> None:
-    monkeypatch.setattr(outputs, "PROBE_BYTES", 0)  # the check passes: the space went after it
+    monkeypatch.setattr(disk, "PROBE_BYTES", 0)  # the check passes: the space went after it
     monkeypatch.setattr(outputs, "MIN_FREE_BYTES", 0)
     filler = full_disk / "filler"
     os.truncate(filler, filler.stat().st_size - room)
@@ -85,7 +86,7 @@ def test_a_disk_that_fills_after_predictions_were_printed_is_one_line(
     monkeypatch, capsys, run_a: Path, full_disk: Path, picture: Path
 ) -> None:
     """The CSV is written last: a full disk then is one line after the printed table, not a traceback."""
-    monkeypatch.setattr(outputs, "PROBE_BYTES", 0)
+    monkeypatch.setattr(disk, "PROBE_BYTES", 0)
     monkeypatch.setattr(outputs, "MIN_FREE_BYTES", 0)
     output = full_disk / "predictions.csv"
     assert run_tool(monkeypatch, "predict", f"ckpt_path={run_a}", f"inputs={picture}", f"output={output}") == 2
