@@ -6,7 +6,9 @@ output captured, ``SystemExit`` caught): what a user sees of a command, without 
 """
 
 import contextlib
+import copy
 import errno
+import functools
 import importlib
 import logging
 import os
@@ -22,8 +24,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 if TYPE_CHECKING:
@@ -34,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
 REAL_DATA_DIR = os.environ.get("LENET_DATA_DIR")  # CI points it at ../shared/datasets
 TINY_TRAIN, TINY_TEST = 512, 128
+CONFIG_GROUPS = frozenset(path.name for path in CONFIG_DIR.iterdir() if path.is_dir())
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -127,9 +133,37 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def chooses_config_files(override: Override) -> bool:
+    """Whether an override changes which files Hydra composes (a group's option, a Hydra setting), not only a value."""
+    key = override.key_or_group
+    return key.startswith("hydra") or ("." not in key and key.split("/")[0] in CONFIG_GROUPS)
+
+
+@functools.cache
+def _composed_files(config_name: str, choices: tuple[str, ...]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(choices))
+
+
+def compose_config(config_name: str, *overrides: str) -> DictConfig:
+    """``compose(config_name, overrides)`` of the real configs, the files read once per set of group choices.
+
+    Hydra composes in two steps: it merges the files its defaults list names, then applies the command line's
+    ``key=value``, ``+key=value`` and ``~key`` to the result (``ConfigLoaderImpl._apply_overrides_to_config``).
+    The first step is most of the 0.1 s a composition takes; here it runs once per worker for each set of
+    group choices and the second step, Hydra's own function, runs on a copy: the same config and the same errors
+    (tests/config/test_composition.py holds the two ways against each other).
+    """
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    choices = tuple(override.input_line for override in parsed if chooses_config_files(override))
+    cfg = copy.deepcopy(_composed_files(config_name, choices))
+    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not chooses_config_files(o)], cfg)
+    return cfg
+
+
 @pytest.fixture
 def make_config(tiny_data_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
-    """Compose the real ``conf/train.yaml`` with overrides, pointed at tiny data, CPU and ``tmp_path``.
+    """Compose the real ``conf/train.yaml`` with overrides, pointed at tiny data and at ``tmp_path/run``.
 
     The end-of-run figures are left out (they take most of a tiny run's time) unless an override names
     ``callbacks.error_analysis`` or the test asks for them with ``figures=True``.
@@ -140,8 +174,7 @@ def make_config(tiny_data_dir: Path, tmp_path: Path) -> Callable[..., DictConfig
     ) -> DictConfig:
         if not figures and not any("callbacks.error_analysis" in override for override in overrides):
             overrides = (*overrides, "~callbacks.error_analysis")
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[f"data_dir={data_dir}", *overrides])
+        cfg = compose_config("train", f"data_dir={data_dir}", *overrides)
         with open_dict(cfg):
             cfg.output_dir = str(output_dir)
         return cfg
@@ -291,15 +324,14 @@ def tiny_trained_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFacto
     from lenet_lightning.training.run import fit
 
     folder = tmp_path_factory.mktemp("tiny_run")
-    overrides = [
+    cfg = compose_config(
+        "train",
         f"data_dir={tiny_data_dir}",
         "epochs=1",
         "accelerator=cpu",
         "callbacks.progress_bar.refresh_rate=0",
         "~callbacks.error_analysis",
-    ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    )
     with open_dict(cfg):
         cfg.output_dir = str(folder)
     fit(cfg)

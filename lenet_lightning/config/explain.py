@@ -6,6 +6,7 @@ available options, or what the schema allows for the key.
 """
 
 import difflib
+import functools
 import re
 from typing import Any
 
@@ -89,6 +90,7 @@ def _explain_composition(error: ConfigCompositionException, candidates: list[str
     )
 
 
+@functools.cache  # composed once a process: every job of a sweep with the same typo asks again
 def _default_config(command: str) -> DictConfig:
     """The command's config with no overrides: where the keys a typo was meant as come from (error path only)."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

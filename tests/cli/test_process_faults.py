@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from lenet_lightning.training.run import fit
-from tests.conftest import CONFIG_DIR, cli_env
+from tests.conftest import cli_env, compose_config
 from tests.reliability_faults import CURVES, RECIPE, curves, fault
 
 pytestmark = pytest.mark.slow  # every test starts the training command in a process of its own
@@ -27,8 +26,7 @@ pytestmark = pytest.mark.slow  # every test starts the training command in a pro
 def unbroken(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     """The reference: the same recipe run without interruption, in process. Returns (result, curves)."""
     run = tmp_path_factory.mktemp("unbroken")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"data_dir={tiny_data_dir}", *RECIPE])
+    cfg = compose_config("train", f"data_dir={tiny_data_dir}", *RECIPE)
     with open_dict(cfg):
         cfg.output_dir = str(run)
     result = fit(cfg)

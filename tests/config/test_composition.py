@@ -3,11 +3,14 @@
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from lenet_lightning.data.datamodule import MNISTDataModule
 from lenet_lightning.training.run import build
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, compose_config
 
 
 def options(group: str) -> list[str]:
@@ -23,6 +26,47 @@ def test_every_option_of_every_group_composes_and_builds(make_config, group: str
         datamodule, _, trainer = build(cfg)
         assert isinstance(datamodule, MNISTDataModule)
         assert trainer.max_epochs == cfg.epochs
+
+
+# Group choices, values, additions, deletions and an experiment's global values, each after the others.
+OVERRIDE_MIXES = [
+    (),
+    ("dataset=fashion", "lr=0.5", "epochs=20", "accelerator=cpu", "seed=3"),
+    ("experiment=best_mnist", "epochs=2", "scheduler.max_lr=0.5"),
+    ("scheduler=onecycle", "trainer=ddp_cpu", "+trainer.gradient_clip_val=0.5", "~callbacks.error_analysis"),
+    ("model=lenet_bn", "model.dropout=0.25", "dataset.batch_size=1", "+logger.flush_secs=5"),
+]
+REFUSED_MIXES = [
+    ("lr=abc",),
+    ("lrr=0.1",),
+    ("~lr", "lr=0.1"),
+    ("dataset=fashion", "dataset.batch_size=1.5"),
+    ("~nothing",),
+]
+
+
+@pytest.mark.parametrize("overrides", OVERRIDE_MIXES)
+def test_tests_compose_as_hydra_does(overrides: tuple[str, ...]) -> None:
+    """compose_config (files read once, the command line applied on a copy) is Hydra's compose() in one call."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        expected = compose(config_name="train", overrides=list(overrides))
+    cfg = compose_config("train", *overrides)
+    assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(expected)
+    assert OmegaConf.get_type(cfg) is OmegaConf.get_type(expected)
+    assert OmegaConf.is_struct(cfg) and OmegaConf.is_struct(expected)
+
+
+@pytest.mark.parametrize("overrides", REFUSED_MIXES)
+def test_tests_see_the_errors_hydra_raises(overrides: tuple[str, ...]) -> None:
+    with (
+        pytest.raises(ConfigCompositionException) as expected,
+        initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"),
+    ):
+        compose(config_name="train", overrides=list(overrides))
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose_config("train", *overrides)
+    assert str(raised.value) == str(expected.value)
+    assert repr(raised.value.__cause__) == repr(expected.value.__cause__)
 
 
 def test_defaults_are_the_recipe(make_config) -> None:

@@ -18,7 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from lenet_lightning.config import schema
 from lenet_lightning.config.explain import explain
 from lenet_lightning.errors import UserError
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, compose_config
 
 COMMANDS = ("train", "eval", "predict", "export")
 # The configs eval, predict and export need to get as far as the check of the value under test.
@@ -27,15 +27,14 @@ NEEDED = {"train": (), "eval": (), "predict": ("inputs=a.png",), "export": ()}
 NEEDS_OPTUNA = pytest.mark.skipif(find_spec("optuna") is None, reason="needs the optuna extra")
 
 
-def compose_config(command: str, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=command, overrides=[*NEEDED[command], *overrides])
+def command_config(command: str, *overrides: str) -> DictConfig:
+    return compose_config(command, *NEEDED[command], *overrides)
 
 
 def refusal(command: str, *overrides: str) -> str:
     """The one line a command prints for ``overrides``, from composition or from the schema check."""
     try:
-        cfg = compose_config(command, *overrides)
+        cfg = command_config(command, *overrides)
     except Exception as error:
         return explain(error, command)
     with pytest.raises(UserError) as raised:
@@ -132,7 +131,10 @@ def test_typo_gets_did_you_mean(command: str, override: str, hint: str) -> None:
 
 
 def test_sweep_without_multirun_says_add_m() -> None:
-    message = refusal("train", "lr=0.1,0.3")
+    """Hydra refuses a list of values while it reads the command line, before it composes anything."""
+    with pytest.raises(Exception) as raised, initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        compose(config_name="train", overrides=["lr=0.1,0.3"])
+    message = explain(raised.value, "train")
     assert message.startswith("lr=0.1,0.3 lists several values: add -m")
 
 
@@ -155,12 +157,12 @@ def test_sweep_without_multirun_says_add_m() -> None:
     ],
 )
 def test_every_shipped_recipe_passes_the_check(overrides: tuple) -> None:
-    schema.check_config(compose_config("train", *overrides))
+    schema.check_config(command_config("train", *overrides))
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_each_command_is_typed_by_its_schema(command: str) -> None:
-    cfg = compose_config(command)
+    cfg = command_config(command)
     assert OmegaConf.get_type(cfg) is schema.SCHEMAS[command]
     schema.check_config(cfg)
 

@@ -3,14 +3,13 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lenet_lightning.inference.evaluate import evaluate
 from lenet_lightning.reporting.error_analysis import CONFUSION_TAG, MISCLASSIFIED_TAG
 from lenet_lightning.training.run import fit
-from tests.conftest import CONFIG_DIR, REAL_DATA_DIR, TINY_TEST
+from tests.conftest import REAL_DATA_DIR, TINY_TEST, compose_config
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -26,8 +25,7 @@ def trained_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     """A 2-epoch run on tiny data with the default callbacks, error analysis included."""
     output_dir = tmp_path_factory.mktemp("error_analysis_run")
     overrides = [f"data_dir={tiny_data_dir}", "epochs=2", "accelerator=cpu", "callbacks.progress_bar.refresh_rate=0"]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config("train", *overrides)
     with open_dict(cfg):
         cfg.output_dir = str(output_dir)
     fit(cfg)

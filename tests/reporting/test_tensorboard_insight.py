@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -37,7 +36,7 @@ from lenet_lightning.reporting.pr_curves import PR_CURVE_TAG
 from lenet_lightning.reporting.projector import PROJECTOR_CONFIG, PROJECTOR_TAG, projector_sample
 from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
 from lenet_lightning.training.run import fit
-from tests.conftest import CONFIG_DIR, TINY_TEST
+from tests.conftest import TINY_TEST, compose_config
 
 EPOCHS = 2
 SAMPLE = 100  # fewer than the 128 tiny test images, so the sample is a real choice
@@ -57,8 +56,7 @@ ODD_TEST_SIZE = 101  # split 51/50 between two processes
 
 def train(data_dir: Path, folder: Path, *overrides: str) -> Path:
     """Train on tiny data into ``folder`` with the default callbacks and ``RECIPE``; return the folder."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"data_dir={data_dir}", *RECIPE, *overrides])
+    cfg = compose_config("train", f"data_dir={data_dir}", *RECIPE, *overrides)
     with open_dict(cfg):
         cfg.output_dir = str(folder)
     assert fit(cfg).status == "completed"
