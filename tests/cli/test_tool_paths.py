@@ -19,7 +19,7 @@ QUICK_EVAL = ("accelerator=cpu", "pr_curves=false", "projector_images=0")
     ("folder", "named"),
     [
         ("multirun/2025-01-01/12-00-00/lr=0.1,epochs=1", "the folder"),  # a sweep job's folder
-        ("my runs/run one #2", "its checkpoint, relative"),
+        pytest.param("my runs/run one #2", "its checkpoint, relative", marks=pytest.mark.slow),  # spaces: as below
     ],
 )
 def test_eval_takes_a_sweep_job_folder_or_a_path_with_spaces_as_ckpt_path(

@@ -112,7 +112,8 @@ TYPOS = [
 
 
 def case_id(case: tuple) -> str:
-    return f"{case[0]}:{' '.join(case[1])}"
+    command, overrides, *_ = getattr(case, "values", case)  # a pytest.param's values
+    return f"{command}:{' '.join(overrides)}"
 
 
 @pytest.mark.parametrize(("command", "overrides", "fragments"), BAD_VALUES, ids=[case_id(c) for c in BAD_VALUES])
@@ -224,18 +225,19 @@ def test_checks_run_without_importing_torch() -> None:
 # The command line: each way a value is refused (the schema's check, a missing key, a number too large for its
 # type, a key of a chosen group) is one line on stderr and exit 2, through all four commands. What each key's line
 # says is checked above, without the command around it.
+SLOW = pytest.mark.slow  # the edit loop runs each command once; each line's words are checked above, fast
 CLI_CASES = [
     ("train", ("model.activation=swish",), "model.activation"),
-    ("train", ("lr=nan",), "lr"),
-    ("train", (f"seed={2**70}",), "seed"),
-    ("train", ("~lr",), "lr"),
-    ("train", ("scheduler=onecycle", "scheduler.max_lr=0"), "scheduler.max_lr"),
+    pytest.param("train", ("lr=nan",), "lr", marks=SLOW),
+    pytest.param("train", (f"seed={2**70}",), "seed", marks=SLOW),
+    pytest.param("train", ("~lr",), "lr", marks=SLOW),
+    pytest.param("train", ("scheduler=onecycle", "scheduler.max_lr=0"), "scheduler.max_lr", marks=SLOW),
     ("eval", ("accelerator=tpu",), "accelerator"),
-    ("eval", ("projector_images=abc",), "projector_images"),
+    pytest.param("eval", ("projector_images=abc",), "projector_images", marks=SLOW),
     ("predict", ("inputs=a.png", "batch_size=0"), "batch_size"),
-    ("predict", ("inputs=a.png", "invert=maybe"), "invert"),
+    pytest.param("predict", ("inputs=a.png", "invert=maybe"), "invert", marks=SLOW),
     ("export", ("format=tflite",), "format"),
-    ("export", ("tolerance=nan",), "tolerance"),
+    pytest.param("export", ("tolerance=nan",), "tolerance", marks=SLOW),
 ]
 
 
@@ -255,7 +257,9 @@ def test_command_line_refuses_bad_value_in_one_line(run_command, tmp_path: Path,
     assert not (tmp_path / "outputs").exists(), "bad input leaves no run folder"
 
 
-@pytest.mark.parametrize(("command", "override", "hint"), TYPOS)
+@pytest.mark.parametrize(
+    ("command", "override", "hint"), [typo if typo[0] == "train" else pytest.param(*typo, marks=SLOW) for typo in TYPOS]
+)
 def test_command_line_typo_gets_did_you_mean(run_command, command: str, override: str, hint: str) -> None:
     assert_one_line_exit_2(run_command(override, module=f"lenet_lightning.{command}"), hint)
 

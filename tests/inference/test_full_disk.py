@@ -43,7 +43,9 @@ def command_line(command: str, run: Path, disk: Path, picture: Path) -> tuple[st
     return module, disk / name, [f"ckpt_path={run}", f"output={disk / name}", *arguments, *extra]
 
 
-@pytest.mark.parametrize("command", list(ARGUMENTS))
+@pytest.mark.parametrize(  # one check for all four: the edit loop runs it through predict
+    "command", [c if c == "predict" else pytest.param(c, marks=pytest.mark.slow) for c in ARGUMENTS]
+)
 def test_a_full_disk_is_one_line_before_any_work(
     monkeypatch, capsys, run_a: Path, full_disk: Path, picture: Path, command: str
 ) -> None:
@@ -60,9 +62,9 @@ def test_a_full_disk_is_one_line_before_any_work(
 @pytest.mark.parametrize(
     ("command", "room"),
     [
-        ("eval", 0),  # its first file
+        pytest.param("eval", 0, marks=pytest.mark.slow),  # its first file
         ("eval", 20_000),  # a figure, written by Pillow
-        ("eval", 100_000),  # the events, written by TensorBoard's own thread
+        pytest.param("eval", 100_000, marks=pytest.mark.slow),  # the events, written by TensorBoard's own thread
         ("export torchscript", 0),
         pytest.param("export onnx", 0, marks=pytest.mark.slow),
     ],

@@ -6,6 +6,7 @@ compared byte for byte before and after. The helpers behind them get fast tests 
 
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import zlib
@@ -427,6 +428,22 @@ def test_output_file_rules(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(UserError, match=r"is a named pipe \(FIFO\), not a regular file"):
         check_output_file(tmp_path / "pipe", reads, named=True)  # a rename would replace the pipe itself
+    with pytest.raises(UserError, match=r"^output=/dev/null is a character device, not a regular file; name a file"):
+        check_output_file(Path("/dev/null"), reads, named=True, overwrite=True)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock"))
+    server.close()
+    with pytest.raises(UserError, match=r"is a socket, not a regular file"):
+        check_output_file(tmp_path / "sock", reads, named=True, overwrite=True)
+    (tmp_path / "link.onnx").symlink_to(theirs)
+    (tmp_path / "dangling.onnx").symlink_to(tmp_path / "missing" / "model.onnx")
+    for link, target in (
+        (tmp_path / "link.onnx", theirs),
+        (tmp_path / "dangling.onnx", tmp_path / "missing" / "model.onnx"),
+    ):
+        with pytest.raises(UserError) as raised:
+            check_output_file(link, reads, named=True, overwrite=True)  # a rename would replace the link itself
+        assert str(raised.value) == f"output={link} is a symbolic link to {target}; name the file itself"
     with pytest.raises(UserError, match=r"last\.onnx is a file, not a folder"):
         check_output_file(theirs / "model.onnx", reads, named=True)
 
@@ -439,6 +456,19 @@ def test_output_folder_rules(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="is a file, but this command writes a folder"):
         check_output_folder(checkpoint, ["eval.json"], [], named=True)
     check_output_folder(tmp_path / "eval" / "last", ["eval.json"], [("the checkpoint", checkpoint)], named=False)
+    (tmp_path / "results").symlink_to(tmp_path / "eval")
+    with pytest.raises(UserError, match=r"results is a symbolic link to .*eval; name the folder itself$"):
+        check_output_folder(tmp_path / "results", ["eval.json"], [], named=True, overwrite=True)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "hparams.yaml").symlink_to(checkpoint)  # one of the files it writes, now a link elsewhere
+    with pytest.raises(UserError, match=r"its hparams\.yaml is a symbolic link to .*eval\.json; pass another output="):
+        check_output_folder(earlier, ["hparams.yaml"], [], named=False, is_own_output=lambda folder: True)
+    projector = earlier / "00003" / "test_features" / "tensors.tsv"
+    projector.parent.mkdir(parents=True)
+    projector.touch()
+    with pytest.raises(UserError, match="which this command would delete without writing it again"):
+        check_output_folder(earlier, [], [], named=True, overwrite=True, removes=["00003/test_features/tensors.tsv"])
 
 
 def test_a_failed_write_leaves_the_target_and_no_temporary_file(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """A named output= replaces nothing the command did not make (issue "Never lose a run, part two", kind 1).
 
 Each rule goes through the real command (its ``main()`` in this process) on real run folders, and the md5 of
-every file that used to be lost is compared before and after.
+every file that used to be lost is compared before and after. The rules themselves are checked function by
+function in test_inference_safety.py and ``test_what_counts_as_a_run_record_or_data``; of the command runs, one
+of each command and kind of rule is in the edit loop, the other cases are marked slow.
 """
 
 import os
@@ -24,7 +26,7 @@ def in_tmp_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # whatever a command might write by mistake lands where the test looks
 
 
-@pytest.mark.parametrize("overwrite", [[], ["overwrite=true"]])
+@pytest.mark.parametrize("overwrite", [pytest.param([], marks=pytest.mark.slow), ["overwrite=true"]])
 def test_export_never_replaces_another_runs_checkpoint(
     monkeypatch, capsys, run_a: Path, run_b: Path, overwrite: list[str]
 ) -> None:
@@ -39,6 +41,7 @@ def test_export_never_replaces_another_runs_checkpoint(
     assert sorted(path.name for path in checkpoint.parent.iterdir()) == ["last.ckpt"]  # no new file either
 
 
+@pytest.mark.slow
 def test_export_never_writes_into_a_runs_hydra_record(monkeypatch, capsys, run_a: Path) -> None:
     overrides = run_a / SAVED_OVERRIDES  # replaced, the run could not be resumed
     before = md5(overrides)
@@ -61,6 +64,7 @@ def test_predict_never_replaces_a_runs_result_json(monkeypatch, capsys, run_a: P
     assert md5(result) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["train.log", "event file"])
 def test_predict_never_replaces_a_runs_log_or_event_file(
     monkeypatch, capsys, run_a: Path, run_b: Path, picture, what: str
@@ -74,6 +78,7 @@ def test_predict_never_replaces_a_runs_log_or_event_file(
     assert md5(target) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["an IDX file of the data set", "an IDX file copied elsewhere", "the data folder"])
 def test_predict_never_replaces_a_data_set_file(
     monkeypatch, capsys, run_a: Path, data_dir: Path, tmp_path: Path, picture, where: str
@@ -107,6 +112,7 @@ def test_eval_never_writes_into_another_run_nor_deletes_its_projector(
     assert {path: md5(path) for path in sorted(path for path in run_b.rglob("*") if path.is_file())} == before
 
 
+@pytest.mark.slow
 def test_eval_deletes_no_projector_it_did_not_write(monkeypatch, capsys, run_a: Path, tmp_path: Path) -> None:
     """A copy of a run's TensorBoard logs (no run record): eval would delete its projector to write its own."""
     logs = tmp_path / "logs"
@@ -122,7 +128,7 @@ def test_eval_deletes_no_projector_it_did_not_write(monkeypatch, capsys, run_a: 
     assert md5(projector) == before
 
 
-@pytest.mark.parametrize("command", ["predict", "export", pytest.param("eval", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("command", ["predict", *(pytest.param(c, marks=pytest.mark.slow) for c in ("export", "eval"))])
 def test_an_existing_output_is_replaced_only_with_overwrite(
     monkeypatch, capsys, run_a: Path, tmp_path: Path, picture, command: str
 ) -> None:
@@ -147,7 +153,8 @@ def test_an_existing_output_is_replaced_only_with_overwrite(
     assert sorted(path.name for path in mine.iterdir() if path.name.startswith(".")) == []  # no temporary file
 
 
-@pytest.mark.parametrize("command", ["predict", "export", pytest.param("eval", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["predict", "export", "eval"])
 def test_a_commands_own_earlier_output_is_replaced_without_overwrite(
     monkeypatch, capsys, run_a: Path, tmp_path: Path, picture, command: str
 ) -> None:
@@ -167,6 +174,7 @@ def test_a_commands_own_earlier_output_is_replaced_without_overwrite(
     assert sorted(path.name for path in written.parent.iterdir() if path.name.startswith(".")) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["predict", "export"])
 def test_a_symbolic_link_is_refused_naming_where_it_points(
     monkeypatch, capsys, run_a: Path, tmp_path: Path, picture, command: str
@@ -183,6 +191,7 @@ def test_a_symbolic_link_is_refused_naming_where_it_points(
     assert link.is_symlink() and md5(target) == before
 
 
+@pytest.mark.slow
 def test_a_dangling_link_and_a_link_to_a_folder_are_refused(monkeypatch, capsys, run_a: Path, tmp_path: Path) -> None:
     dangling = tmp_path / "model.onnx"
     dangling.symlink_to(tmp_path / "missing" / "model.onnx")
@@ -197,6 +206,7 @@ def test_a_dangling_link_and_a_link_to_a_folder_are_refused(monkeypatch, capsys,
     assert dangling.is_symlink() and results.is_symlink() and not (tmp_path / "missing").exists()
 
 
+@pytest.mark.slow
 def test_eval_never_writes_through_a_link_in_its_own_folder(monkeypatch, capsys, run_a: Path, tmp_path: Path) -> None:
     """Its earlier results, with one of the files eval writes there (Lightning's hparams.yaml) now a link."""
     assert run_tool(monkeypatch, "eval", f"ckpt_path={run_a}", *QUICK_EVAL) == 0
@@ -215,6 +225,7 @@ def test_eval_never_writes_through_a_link_in_its_own_folder(monkeypatch, capsys,
     assert md5(notes) == before and linked.is_symlink()
 
 
+@pytest.mark.slow
 def test_predict_never_replaces_dev_stdout(monkeypatch, capsys, run_a: Path, picture) -> None:
     """As root, a rename over /dev/stdout once replaced the system's link with a file of predictions."""
     if not os.path.islink("/dev/stdout"):
@@ -227,6 +238,7 @@ def test_predict_never_replaces_dev_stdout(monkeypatch, capsys, run_a: Path, pic
     assert os.path.islink("/dev/stdout") and os.readlink("/dev/stdout") == pointed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("special", ["a named pipe (FIFO)", "a character device", "a socket"])
 def test_a_special_file_is_refused_by_what_it_is(
     monkeypatch, capsys, run_a: Path, tmp_path: Path, picture, special: str

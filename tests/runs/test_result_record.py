@@ -305,6 +305,7 @@ def test_batch_norm_with_batch_size_1_is_one_line_and_exit_2(run_command, tmp_pa
     assert len(errors) == 1 and "dataset.batch_size=2 or more" in errors[0], done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_batch_norm_trains_through_a_last_training_batch_of_one_example(run_command, tmp_path: Path) -> None:
     """257 training images in batches of 256: the data module joins the last example to the batch before it."""
     run = tmp_path / "run"

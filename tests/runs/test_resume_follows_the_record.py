@@ -2,6 +2,8 @@
 
 The training command runs in-process (``cli()`` with ``sys.argv`` set, as a shell would call it): every refusal
 here comes from the pre-run checks, before Hydra writes anything, so the run folder's files keep their md5 sums.
+Cases whose rule the edit loop checks elsewhere (batch norm on one example, another data set, a complete run:
+tests/runs/; the captured CUDA step on a CPU: tests/speed/) are slow here.
 """
 
 import hashlib
@@ -46,10 +48,10 @@ def run(scheduled_run: Path, tmp_path: Path) -> Path:
     [
         (("epochs=3", "lr=0.01"), "optimizer.lr=0.3"),  # the optimizer state goes on with the checkpoint's lr
         (("epochs=3",), "schedule was built for epochs=1"),  # one-cycle cannot be stretched
-        (("epochs=3", "model=lenet_bn", "dataset.batch_size=1"), "batch norm"),
-        (("epochs=3", "cuda_graph=true"), "cuda_graph=true"),
+        pytest.param(("epochs=3", "model=lenet_bn", "dataset.batch_size=1"), "batch norm", marks=pytest.mark.slow),
+        pytest.param(("epochs=3", "cuda_graph=true"), "cuda_graph=true", marks=pytest.mark.slow),
         (("epochs=3", "dataset.val_size=512"), "leaves no training examples"),
-        (("epochs=3", "dataset=fashion"), "dataset=mnist"),
+        pytest.param(("epochs=3", "dataset=fashion"), "dataset=mnist", marks=pytest.mark.slow),
     ],
     ids=["another-lr", "stretched-schedule", "batch-norm-on-one", "cuda-graph-on-cpu", "no-training-batch", "data"],
 )
@@ -77,6 +79,7 @@ def test_damaged_saved_overrides_are_named_instead_of_training_on_with_defaults(
     assert md5_sums(run) == before
 
 
+@pytest.mark.slow
 def test_a_resume_of_a_complete_run_changes_nothing(run: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     before = md5_sums(run)
     assert train_in_process(monkeypatch, run.parent, f"resume={run}") == 0
