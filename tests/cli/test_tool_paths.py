@@ -19,9 +19,10 @@ QUICK_EVAL = ("accelerator=cpu", "pr_curves=false", "projector_images=0")
     ("folder", "named"),
     [
         ("multirun/2025-01-01/12-00-00/lr=0.1,epochs=1", "the folder"),  # a sweep job's folder
-        pytest.param("my runs/run one #2", "its checkpoint, relative", marks=pytest.mark.slow),  # spaces: as below
+        ("my runs/run one #2", "its checkpoint, relative"),
     ],
 )
+@pytest.mark.slow  # eval runs whole; the edit loop passes a sweep job folder and spaced, commaed names to predict, export
 def test_eval_takes_a_sweep_job_folder_or_a_path_with_spaces_as_ckpt_path(
     monkeypatch, capsys, tiny_trained_run: Path, tiny_data_dir: Path, tmp_path: Path, folder: str, named: str
 ) -> None:

@@ -32,6 +32,7 @@ def trained_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return output_dir
 
 
+@pytest.mark.slow  # trains beyond the shared tiny run; the figures themselves are checked through eval below
 def test_training_ends_with_confusion_matrix_and_mistakes_in_tensorboard_and_pngs(trained_run: Path) -> None:
     logged = images_in(trained_run)
     for tag in (CONFUSION_TAG, MISCLASSIFIED_TAG):
