@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.global_hydra import GlobalHydra
@@ -124,13 +125,33 @@ def rank_shards(size: int, world_size: int, batch_size: int, seed: int | None = 
     ]
 
 
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]) -> Path:
+    """``make(folder)`` once in a test session, by whichever pytest-xdist worker asks first; the others wait for it.
+
+    The tests that share such a folder only read it. Two workers training the same tiny run would cost each of
+    the machine's cores the same second of work; the worker that waits leaves its core to the other.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the folder the workers of this session share
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(f"{folder}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed half-way left
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data folder holding tiny MNIST and FashionMNIST copies in torchvision's layout."""
-    root = tmp_path_factory.mktemp("tiny_data")
-    for folder in ("MNIST", "FashionMNIST"):
-        write_tiny_dataset(root, folder)
-    return root
+
+    def write(root: Path) -> None:
+        for folder in ("MNIST", "FashionMNIST"):
+            write_tiny_dataset(root, folder)
+
+    return made_once(tmp_path_factory, "tiny_data", write)
 
 
 def chooses_config_files(override: Override) -> bool:
@@ -319,25 +340,26 @@ def run_command(
 def tiny_trained_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-epoch run folder on tiny data as training leaves it: checkpoints/last.ckpt and .hydra/config.yaml.
 
-    Trained once per test process and shared: a test that writes into it takes ``tiny_trained_run_copy``.
+    Trained once per test session and shared: a test that writes into it takes ``tiny_trained_run_copy``.
     """
     from lenet_lightning.training.run import fit
 
-    folder = tmp_path_factory.mktemp("tiny_run")
-    cfg = compose_config(
-        "train",
-        f"data_dir={tiny_data_dir}",
-        "epochs=1",
-        "accelerator=cpu",
-        "callbacks.progress_bar.refresh_rate=0",
-        "~callbacks.error_analysis",
-    )
-    with open_dict(cfg):
-        cfg.output_dir = str(folder)
-    fit(cfg)
-    (folder / ".hydra").mkdir()
-    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
-    return folder
+    def train(folder: Path) -> None:
+        cfg = compose_config(
+            "train",
+            f"data_dir={tiny_data_dir}",
+            "epochs=1",
+            "accelerator=cpu",
+            "callbacks.progress_bar.refresh_rate=0",
+            "~callbacks.error_analysis",
+        )
+        with open_dict(cfg):
+            cfg.output_dir = str(folder)
+        fit(cfg)
+        (folder / ".hydra").mkdir()
+        OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+
+    return made_once(tmp_path_factory, "tiny_run", train)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ QUICK_EVAL = ("accelerator=cpu", "pr_curves=false", "projector_images=0")
         ("my runs/run one #2", "its checkpoint, relative"),
     ],
 )
-@pytest.mark.slow  # eval runs whole; the edit loop passes a sweep job folder and spaced, commaed names to predict, export
+@pytest.mark.slow  # eval runs whole; the edit loop gives predict and export a sweep job folder and spaced names
 def test_eval_takes_a_sweep_job_folder_or_a_path_with_spaces_as_ckpt_path(
     monkeypatch, capsys, tiny_trained_run: Path, tiny_data_dir: Path, tmp_path: Path, folder: str, named: str
 ) -> None:

@@ -36,7 +36,7 @@ from lenet_lightning.reporting.pr_curves import PR_CURVE_TAG
 from lenet_lightning.reporting.projector import PROJECTOR_CONFIG, PROJECTOR_TAG, projector_sample
 from lenet_lightning.speed.cpu_layers import convert_to_fast_cpu_layers
 from lenet_lightning.training.run import fit
-from tests.conftest import TINY_TEST, compose_config
+from tests.conftest import TINY_TEST, compose_config, made_once
 
 EPOCHS = 2
 SAMPLE = 100  # fewer than the 128 tiny test images, so the sample is a real choice
@@ -63,9 +63,13 @@ def train(data_dir: Path, folder: Path, *overrides: str) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def insight_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train(tiny_data_dir, tmp_path_factory.mktemp("insight_run"), f"epochs={EPOCHS}")
+    def make(folder: Path) -> None:
+        folder.mkdir()
+        train(tiny_data_dir, folder, f"epochs={EPOCHS}")
+
+    return made_once(tmp_path_factory, "insight_run", make)
 
 
 def tiny_test_set(data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:

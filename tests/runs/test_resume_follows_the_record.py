@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import train_in_process
+from tests.conftest import made_once, train_in_process
 
 TINY_RUN = ("epochs=1", "accelerator=cpu", "callbacks.error_analysis=null", "callbacks.progress_bar.refresh_rate=0")
 
@@ -27,14 +27,16 @@ def md5_sums(folder: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def scheduled_run(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A completed one-epoch run with lr=0.3 and a one-cycle schedule, as the command line leaves it."""
-    folder = tmp_path_factory.mktemp("scheduled") / "run"
-    with pytest.MonkeyPatch.context() as monkeypatch:
+
+    def train(folder: Path) -> None:
         arguments = (f"data_dir={tiny_data_dir}", *TINY_RUN, "lr=0.3", "scheduler=onecycle", f"hydra.run.dir={folder}")
-        assert train_in_process(monkeypatch, folder.parent, *arguments) == 0
-    return folder
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            assert train_in_process(monkeypatch, folder.parent, *arguments) == 0
+
+    return made_once(tmp_path_factory, "scheduled_run", train)
 
 
 @pytest.fixture
