@@ -8,7 +8,16 @@ or shorter process-group timeout; what was missing is the message. :func:`proces
 exception into :class:`TrainingProcessDied`, an interruption like SIGTERM: ``result.json`` says
 ``interrupted``, the message says how to resume from ``checkpoints/last.ckpt``, and the exit status is the
 shell's for that signal (137 for SIGKILL).
+
+The processes torch stops with SIGTERM end quietly (:class:`QuietWhenAPeerDied`): the one line is the launcher's.
 """
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import lightning as L
 from torch.multiprocessing import ProcessExitedException
@@ -46,3 +55,30 @@ def process_death_of(error: BaseException, trainer: L.Trainer) -> TrainingProces
         exit_code=error.exit_code,
         signal_name=error.signal_name,
     )
+
+
+class QuietWhenAPeerDied(L.Callback):
+    """A training process stopped because another one died ends without a traceback of its own.
+
+    torch stops the other processes with SIGTERM, and Lightning's SIGTERM handler first broadcasts to every
+    process: with one gone, that collective fails inside the handler, wherever the process was, even while
+    torch records the process's own failure, and the error reached the console as a second traceback.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:  # Lightning installed its handler just before this hook
+            signal.signal(signal.SIGTERM, ending_quietly_if_a_peer_died(signal.getsignal(signal.SIGTERM)))
+
+
+def ending_quietly_if_a_peer_died(handler: Any) -> Callable[[int, FrameType | None], None]:
+    """``handler`` (a SIGTERM handler), but a collective failing in it ends the process with the signal's status."""
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        try:
+            if callable(handler):
+                handler(signum, frame)
+        except RuntimeError:  # gloo's and NCCL's errors: a process of the group is gone
+            logging.shutdown()  # what this process logged reaches the run's log file
+            os._exit(128 + signum)  # as a shell reports a process ended by the signal
+
+    return on_sigterm

@@ -42,7 +42,7 @@ from lenet_lightning.training.interruptions import TrainingInterrupted, interrup
 from lenet_lightning.training.launch_guard import refuse_reexecution_in_multirun
 from lenet_lightning.training.logs_follow_checkpoints import name_event_files_after_the_last
 from lenet_lightning.training.preflight import check_run_rules
-from lenet_lightning.training.process_faults import process_death_of
+from lenet_lightning.training.process_faults import QuietWhenAPeerDied, process_death_of
 from lenet_lightning.training.throughput import THROUGHPUT_KEY
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def build(
     module = with_speed_options(module, cfg)
     # callbacks.<name>=null turns that callback off, as ~callbacks.<name> does.
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
-    callbacks.append(RunReport(hparams_of(cfg)))
+    callbacks += [RunReport(hparams_of(cfg)), QuietWhenAPeerDied()]
     logger = instantiate(cfg.logger)
     # Without its callback Lightning would write a checkpoint of its own, under a name that resume cannot find.
     off = {} if cfg.callbacks.get("model_checkpoint") is not None else {"enable_checkpointing": False}

@@ -1,6 +1,7 @@
 """A training process of a distributed run killed with SIGKILL: the run ends fast, in one line, and resumes."""
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import torch
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
-from lenet_lightning.training.process_faults import process_death_of
+from lenet_lightning.training.process_faults import ending_quietly_if_a_peer_died, process_death_of
 from lenet_lightning.training.run import build
 from tests.conftest import cli_env, run_module
 
@@ -105,3 +106,23 @@ def test_a_run_whose_rank_0_was_killed_resumes_from_its_last_checkpoint(tiny_dat
     assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
     assert json.loads((run / "result.json").read_text())["status"] == "completed"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == saved_epoch + 1
+
+
+def stopped_after_its_peer_died() -> None:
+    """A training process whose SIGTERM handler, like Lightning's, broadcasts to a process that is gone."""
+
+    def broadcast(signum: int, frame: object) -> None:
+        raise RuntimeError("[gloo/transport/tcp/pair.cc] Read error: Connection reset by peer")
+
+    signal.signal(signal.SIGTERM, ending_quietly_if_a_peer_died(broadcast))
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(10)  # not reached
+
+
+def test_a_process_stopped_after_a_peer_died_ends_quietly_with_the_signals_status(capfd) -> None:
+    """The race the SIGKILL test above meets now and then: the survivor's SIGTERM lands in a failing collective."""
+    worker = multiprocessing.get_context("fork").Process(target=stopped_after_its_peer_died)
+    worker.start()
+    worker.join(timeout=10)
+    assert worker.exitcode == 128 + signal.SIGTERM
+    assert capfd.readouterr().err == ""  # the launcher's one line is the only one
