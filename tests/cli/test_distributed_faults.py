@@ -13,7 +13,11 @@ import pytest
 import torch
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
-from lenet_lightning.training.process_faults import ending_quietly_if_a_peer_died, process_death_of
+from lenet_lightning.training.process_faults import (
+    QuietWhenAPeerDied,
+    ending_quietly_if_a_peer_died,
+    process_death_of,
+)
 from lenet_lightning.training.run import build
 from tests.conftest import cli_env, run_module
 
@@ -126,3 +130,19 @@ def test_a_process_stopped_after_a_peer_died_ends_quietly_with_the_signals_statu
     worker.join(timeout=10)
     assert worker.exitcode == 128 + signal.SIGTERM
     assert capfd.readouterr().err == ""  # the launcher's one line is the only one
+
+
+@pytest.mark.parametrize(("trainer", "wrapped"), [("trainer=ddp_cpu", True), ("trainer=default", False)])
+def test_each_process_of_a_group_wraps_the_sigterm_handler_it_trains_with(make_config, trainer: str, wrapped: bool):
+    _, _, built = build(make_config(trainer, "accelerator=cpu"))
+    calls: list[int] = []
+
+    def lightnings(signum: int, frame: object) -> None:
+        calls.append(signum)
+
+    signal.signal(signal.SIGTERM, lightnings)  # put back after the test by tests/conftest.py
+    QuietWhenAPeerDied().on_train_start(built, None)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert (handler is not lightnings) == wrapped
+    handler(signal.SIGTERM, None)  # a handler whose collective works is called as it was
+    assert calls == [signal.SIGTERM]
