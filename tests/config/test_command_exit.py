@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import cli_env
 
 
+@pytest.mark.slow  # starts a process: only a process exit shows it
 def test_a_command_freezes_the_collector_when_its_process_exits_not_before() -> None:
     # Exit functions run last-registered first: the probe, registered before, runs after the command's.
     code = (
