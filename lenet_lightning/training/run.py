@@ -50,7 +50,6 @@ REPORTED_METRICS = ("train/loss", "train/acc", "test/acc")
 HPARAM_SECTIONS = ("dataset", "model", "optimizer", "scheduler", "augment")
 WALL_SECONDS_KEY = "wall_seconds"  # in callback_metrics, where fit() reads it (also after ddp_spawn)
 LAST_EPOCH_KEY = "last_epoch_metrics"  # in each checkpoint: REPORTED_METRICS of the epoch it holds
-# The disk of the run folder cannot take more: full, over quota, or remounted read-only.
 
 
 @dataclass
