@@ -1,10 +1,8 @@
 """Real run folders for eval, predict and export, and a way to run those commands in this process."""
 
 import hashlib
-import importlib
 import shutil
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -16,18 +14,16 @@ from PIL import Image
 
 from lenet_lightning.runs.layout import RESULT_FILE, RUN_CONFIG, SAVED_OVERRIDES
 from lenet_lightning.runs.record import write_result_json
+from tests.conftest import call_command
 
 
 def run_tool(monkeypatch: pytest.MonkeyPatch, command: str, *arguments: str) -> int:
-    """``python -m lenet_lightning.<command> <arguments>`` through its ``main()`` in this process; its exit status."""
-    module = importlib.import_module(f"lenet_lightning.{command}")
-    monkeypatch.setattr(sys, "argv", [f"lenet_lightning.{command}", *arguments])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main() sets it; monkeypatch puts the old value back
-    try:
-        module.main()
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
+    """``python -m lenet_lightning.<command> <arguments>`` from the current folder, in this process; its exit status.
+
+    Its output stays in pytest's capture for the test to read.
+    """
+    module = f"lenet_lightning.{command}"
+    return call_command(module, *arguments, cwd=Path.cwd(), data_dir=None, monkeypatch=monkeypatch).returncode
 
 
 def md5(path: Path) -> str:
